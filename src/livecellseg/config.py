@@ -1,0 +1,165 @@
+"""params.yaml, read once into frozen dataclasses and validated there.
+
+Every section is a frozen dataclass; `load_params` fails on an unknown key, a missing key,
+a wrong type or a value outside its allowed set, naming the key and what is allowed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from livecellseg.errors import ConfigError
+
+CELL_LINES = ("A172", "BT474", "BV2", "Huh7", "MCF7", "SHSY5Y", "SkBr3", "SKOV3")
+CellLine = Literal["A172", "BT474", "BV2", "Huh7", "MCF7", "SHSY5Y", "SkBr3", "SKOV3"]
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    source: Literal["sample", "livecell"]
+
+
+@dataclass(frozen=True)
+class SampleConfig:
+    n_images: int
+    empty_images: int
+    cell_lines: tuple[CellLine, ...]
+    width: int
+    height: int
+
+    def __post_init__(self) -> None:
+        _check(self.n_images >= 1, "sample.n_images", "an integer >= 1")
+        _check(0 <= self.empty_images <= self.n_images, "sample.empty_images",
+               f"an integer in [0, sample.n_images={self.n_images}]")
+        _check(len(self.cell_lines) >= 1, "sample.cell_lines", f"a non-empty list of {CELL_LINES}")
+        _check(self.width >= 64 and self.height >= 64, "sample.width/height", "integers >= 64")
+
+
+@dataclass(frozen=True)
+class SubsetConfig:
+    n_images: int
+    cell_lines: tuple[CellLine, ...]  # empty: all cell lines
+    annotation_files: tuple[str, ...]
+
+    def __post_init__(self) -> None:
+        _check(self.n_images >= 1, "subset.n_images", "an integer >= 1")
+        _check(len(self.annotation_files) >= 1, "subset.annotation_files",
+               "a non-empty list of COCO JSON file names under <source>/annotations/")
+
+
+@dataclass(frozen=True)
+class SplitConfig:
+    train: float
+    val: float
+    test: float
+
+    def __post_init__(self) -> None:
+        for name in ("train", "val", "test"):
+            _check(0 <= getattr(self, name) <= 1, f"split.{name}", "a fraction in [0, 1]")
+        _check(abs(self.train + self.val + self.test - 1) < 1e-6, "split.train/val/test",
+               f"fractions summing to 1 (got {self.train + self.val + self.test:g})")
+        _check(self.train > 0, "split.train", "a fraction > 0")
+
+    def fractions(self) -> dict[str, float]:
+        return {"train": self.train, "val": self.val, "test": self.test}
+
+
+@dataclass(frozen=True)
+class TileConfig:
+    grid: int
+    window: int
+    min_visible: float
+
+    def __post_init__(self) -> None:
+        _check(self.grid >= 1, "tile.grid", "an integer >= 1")
+        _check(1 <= self.window <= self.grid, "tile.window", f"an integer in [1, tile.grid={self.grid}]")
+        _check(0 < self.min_visible <= 1, "tile.min_visible", "a fraction in (0, 1]")
+
+
+@dataclass(frozen=True)
+class Params:
+    seed: int
+    data: DataConfig
+    sample: SampleConfig
+    subset: SubsetConfig
+    split: SplitConfig
+    tile: TileConfig
+
+
+def _check(ok: bool, key: str, allowed: str) -> None:
+    if not ok:
+        raise ConfigError(f"params.yaml: bad value for '{key}': must be {allowed}")
+
+
+def _convert(value: Any, tp: Any, key: str) -> Any:
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, value, key)
+    if origin is Literal:
+        allowed = typing.get_args(tp)
+        if value not in allowed:
+            raise ConfigError(f"params.yaml: bad value {value!r} for '{key}': allowed {list(allowed)}")
+        return value
+    if origin is tuple:
+        if not isinstance(value, list):
+            raise ConfigError(f"params.yaml: '{key}' must be a list, got {type(value).__name__}")
+        (item_tp, _) = typing.get_args(tp)
+        return tuple(_convert(v, item_tp, f"{key}[{i}]") for i, v in enumerate(value))
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in typing.get_args(tp):
+            return None
+        (inner,) = [a for a in typing.get_args(tp) if a is not type(None)]
+        return _convert(value, inner, key)
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"params.yaml: '{key}' must be a number, got {value!r}")
+        return float(value)
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"params.yaml: '{key}' must be an integer, got {value!r}")
+        return value
+    if tp in (str, bool):
+        if not isinstance(value, tp):
+            raise ConfigError(f"params.yaml: '{key}' must be a {tp.__name__}, got {value!r}")
+        return value
+    raise TypeError(f"unsupported config type {tp!r} for {key}")  # a bug here, not in params.yaml
+
+
+def _build(cls: type, raw: Any, prefix: str) -> Any:
+    where = f"'{prefix}'" if prefix else "the top level"
+    if not isinstance(raw, dict):
+        raise ConfigError(f"params.yaml: {where} must be a mapping, got {type(raw).__name__}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(set(raw) - set(names))
+    if unknown:
+        key = f"{prefix}.{unknown[0]}" if prefix else unknown[0]
+        raise ConfigError(f"params.yaml: unknown key '{key}'; allowed keys in {where}: {names}")
+    missing = [n for n in names if n not in raw]
+    if missing:
+        key = f"{prefix}.{missing[0]}" if prefix else missing[0]
+        raise ConfigError(f"params.yaml: missing key '{key}'; add it (see README, 'Parameters')")
+    values = {n: _convert(raw[n], hints[n], f"{prefix}.{n}" if prefix else n) for n in names}
+    return cls(**values)
+
+
+def parse_params(raw: Any) -> Params:
+    return _build(Params, raw, "")
+
+
+def load_params(path: str | Path = "params.yaml") -> Params:
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: not found; run from the project root or pass --params") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML ({str(e).splitlines()[0]}); fix the syntax") from None
+    return parse_params(raw)

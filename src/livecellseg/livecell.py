@@ -1,0 +1,160 @@
+"""LIVECell on disk: its layout, its JSON form, and the download of the real data set.
+
+Layout under a data root (what `images.zip` and the annotation files unpack to):
+    images/livecell_train_val_images/<CellLine>/<name>.tif
+    images/livecell_test_images/<CellLine>/<name>.tif
+    annotations/livecell_coco_{train,val,test}.json
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+import urllib.error
+import urllib.request
+import zipfile
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+from livecellseg.errors import DataError
+
+log = logging.getLogger(__name__)
+
+BASE_URL = "http://livecell-dataset.s3.eu-central-1.amazonaws.com/LIVECell_dataset_2021"
+IMAGES_ZIP = "images.zip"
+ANNOTATION_FILES = tuple(f"livecell_coco_{s}.json" for s in ("train", "val", "test"))
+ANNOTATIONS_URL_DIR = "annotations/LIVECell"
+
+
+def image_dir(split: str) -> str:
+    return "images/livecell_test_images" if split == "test" else "images/livecell_train_val_images"
+
+
+def write_coco(path: Path, images: list[dict], annotations: list[dict]) -> None:
+    """Write a COCO file the way LIVECell does: `annotations` maps str(id) -> annotation."""
+    doc = {
+        "info": {"description": "LIVECell-format data", "version": "1.0", "year": 2021},
+        "licenses": [{"id": 1, "name": "CC BY-NC 4.0", "url": "https://creativecommons.org/licenses/by-nc/4.0/"}],
+        "images": images,
+        "categories": [{"supercategory": "cell", "id": 1, "name": "cell"}],
+        "annotations": {str(a["id"]): a for a in annotations},
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(doc))
+
+
+def index_images(root: Path) -> dict[str, Path]:
+    """file name -> path for every TIFF under root/images (LIVECell nests them by cell line)."""
+    index: dict[str, Path] = {}
+    for p in sorted((root / "images").rglob("*.tif*")):
+        index.setdefault(p.name, p)
+    return index
+
+
+# --- download -------------------------------------------------------------------------------
+
+_MD5_ETAG = re.compile(r'^"?([0-9a-f]{32})"?$')
+
+
+def download(url: str, dest: Path, *, chunk: int = 1 << 20) -> Path:
+    """Download url to dest, resuming a partial `dest.part`; verify size and (if given) MD5 ETag.
+
+    A server that ignores the Range header restarts the download from zero. On a size or
+    checksum mismatch the partial file is removed and a DataError names the file.
+    """
+    part = dest.with_name(dest.name + ".part")
+    have = part.stat().st_size if part.exists() else 0
+    request = urllib.request.Request(url, headers={"Range": f"bytes={have}-"} if have else {})
+    try:
+        response = urllib.request.urlopen(request, timeout=60)
+    except urllib.error.HTTPError as e:
+        if e.code == 416 and have:  # the part file is already complete
+            return _finish(part, dest, url, expected_size=have, etag=None)
+        raise DataError(f"{url}: HTTP {e.code} {e.reason}; check the URL or try again later") from None
+    except (urllib.error.URLError, OSError) as e:
+        raise DataError(f"{url}: cannot connect ({e}); check your internet connection") from None
+    with response:
+        resumed = response.status == 206
+        if not resumed:
+            have = 0
+        length = response.headers.get("Content-Length")
+        total = have + int(length) if length is not None else None
+        etag = response.headers.get("ETag")
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        with open(part, "ab" if resumed else "wb") as f, tqdm(
+            total=total, initial=have, unit="B", unit_scale=True, desc=dest.name
+        ) as bar:
+            while block := response.read(chunk):
+                f.write(block)
+                bar.update(len(block))
+    return _finish(part, dest, url, expected_size=total, etag=None if resumed else etag)
+
+
+def _finish(part: Path, dest: Path, url: str, *, expected_size: int | None, etag: str | None) -> Path:
+    size = part.stat().st_size
+    if expected_size is not None and size != expected_size:
+        part.unlink()
+        raise DataError(
+            f"{dest}: download of {url} ended at {size} of {expected_size} bytes; run the command again"
+        )
+    m = _MD5_ETAG.match(etag or "")
+    if m:  # S3 single-part uploads carry the MD5 as ETag
+        digest = md5sum(part)
+        if digest != m.group(1):
+            part.unlink()
+            raise DataError(
+                f"{dest}: checksum mismatch (md5 {digest}, server says {m.group(1)}); "
+                "the download was corrupted, run the command again"
+            )
+    os.replace(part, dest)
+    return dest
+
+
+def md5sum(path: Path) -> str:
+    h = hashlib.md5()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 20):
+            h.update(block)
+    return h.hexdigest()
+
+
+def safe_extract(archive: Path, target: Path) -> int:
+    """Extract a zip, refusing any member whose path would land outside `target`."""
+    target = target.resolve()
+    try:
+        with zipfile.ZipFile(archive) as zf:
+            members = zf.infolist()
+            for m in members:
+                out = (target / m.filename).resolve()
+                if not out.is_relative_to(target):
+                    raise DataError(
+                        f"{archive}: member '{m.filename}' would be written outside {target}; "
+                        "the archive is unsafe, do not use it"
+                    )
+            for m in tqdm(members, desc=f"extract {archive.name}", unit="file"):
+                zf.extract(m, target)
+    except zipfile.BadZipFile as e:
+        raise DataError(f"{archive}: not a valid zip ({e}); delete it and download again") from None
+    return len(members)
+
+
+def fetch_livecell(out: Path, *, base_url: str = BASE_URL, keep_zip: bool = False) -> dict[str, Any]:
+    """Download images.zip and the three annotation files into `out` in the layout above."""
+    out.mkdir(parents=True, exist_ok=True)
+    zip_path = download(f"{base_url}/{IMAGES_ZIP}", out / IMAGES_ZIP)
+    n_files = safe_extract(zip_path, out)
+    if not keep_zip:
+        zip_path.unlink()
+    for name in ANNOTATION_FILES:
+        download(f"{base_url}/{ANNOTATIONS_URL_DIR}/{name}", out / "annotations" / name)
+    n_images = len(index_images(out))
+    if n_images == 0:
+        raise DataError(f"{out}: {IMAGES_ZIP} held no .tif under images/; check --base-url")
+    log.info("LIVECell in %s: %d archive members, %d images", out, n_files, n_images)
+    return {"images": n_images, "archive_members": n_files}
+

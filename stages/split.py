@@ -1,0 +1,39 @@
+"""split: train/val/test by image, seeded and stratified by cell line; no image in two splits."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections import Counter
+from pathlib import Path
+
+from livecellseg.io import atomic_dir, write_json
+from livecellseg.split import assign_splits
+from stages.common import run_stage
+
+log = logging.getLogger("stages.split")
+
+
+def main(params, args) -> None:
+    doc = json.loads(args.subset.read_text())
+    images = doc["images"]
+    parts = assign_splits([img["cell_line"] for img in images], params.split.fractions(),
+                          seed=params.seed)
+    with atomic_dir(args.out) as out:
+        for name, indices in parts.items():
+            chosen = [images[i] for i in indices]
+            ids = {img["id"] for img in chosen}
+            anns = [a for a in doc["annotations"] if a["image_id"] in ids]
+            write_json(out / f"{name}.json", {"images": chosen, "annotations": anns,
+                                              "categories": doc["categories"]}, indent=None)
+            lines = Counter(img["cell_line"] for img in chosen)
+            log.info("%s: %d images, %d cells, %s", name, len(chosen), len(anns), dict(lines))
+
+
+def add_args(parser) -> None:
+    parser.add_argument("--subset", type=Path, required=True, help="subset annotations.json")
+    parser.add_argument("--out", type=Path, required=True, help="output directory")
+
+
+if __name__ == "__main__":
+    run_stage("split", add_args, main)
