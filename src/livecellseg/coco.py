@@ -24,7 +24,7 @@ Annotation = dict[str, Any]
 
 def _malformed(path: Path, e: Exception) -> DataError:
     return DataError(
-        f"{path}: malformed or truncated JSON ({type(e).__name__}: {e}); "
+        f"{path}: malformed or truncated JSON ({type(e).__name__}: {str(e).splitlines()[0]}); "
         "re-download the file or fix its syntax"
     )
 

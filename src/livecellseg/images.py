@@ -37,6 +37,8 @@ def read_gray(path: str | Path, *, size: tuple[int, int] | None = None) -> np.nd
         raise DataError(
             f"{path}: cannot be read as TIFF ({type(e).__name__}: {e}); re-download or replace it"
         ) from None
+    if img.size == 0:
+        raise DataError(f"{path}: TIFF holds no image data (corrupt); re-download or replace it")
     if img.ndim == 3 and img.shape[-1] in (3, 4):
         raise DataError(
             f"{path}: RGB image of shape {img.shape}; LIVECell images are grayscale, "

@@ -158,3 +158,28 @@ def fetch_livecell(out: Path, *, base_url: str = BASE_URL, keep_zip: bool = Fals
     log.info("LIVECell in %s: %d archive members, %d images", out, n_files, n_images)
     return {"images": n_images, "archive_members": n_files}
 
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+    import sys
+
+    parser = argparse.ArgumentParser(
+        prog="python -m livecellseg.livecell",
+        description="Download real LIVECell (images.zip + COCO annotations) into a data root.",
+    )
+    parser.add_argument("out", type=Path, help="data root to create, e.g. data/livecell")
+    parser.add_argument("--base-url", default=BASE_URL, help="LIVECell_dataset_2021 URL")
+    parser.add_argument("--keep-zip", action="store_true", help="keep images.zip after unpacking")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="[livecell] %(message)s")
+    try:
+        fetch_livecell(args.out, base_url=args.base_url.rstrip("/"), keep_zip=args.keep_zip)
+    except DataError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -33,11 +33,15 @@ def split_counts(n: int, fractions: dict[str, float]) -> dict[str, int]:
     for k in sorted(raw, key=lambda k: raw[k] - counts[k], reverse=True)[: n - sum(counts.values())]:
         counts[k] += 1
     needed = sum(f > 0 for f in fractions.values())
-    if any(f > 0 and counts[k] == 0 for k, f in fractions.items()):
+    if n < needed:
         raise DataError(
             f"split: {n} images are too few for fractions {fractions} (a split would be empty); "
             f"use at least {needed} images: raise subset.n_images or sample.n_images"
         )
+    for k, f in fractions.items():  # a split asked for gets at least one image
+        if f > 0 and counts[k] == 0:
+            counts[max(counts, key=counts.get)] -= 1
+            counts[k] = 1
     return counts
 
 
