@@ -11,8 +11,11 @@ from livecellseg.config import Params, load_params
 from livecellseg.errors import LivecellsegError
 
 
-def run_stage(name: str, add_args: Callable[[argparse.ArgumentParser], None],
-              main: Callable[[Params, argparse.Namespace], None]) -> None:
+def run_stage(
+    name: str,
+    add_args: Callable[[argparse.ArgumentParser], None],
+    main: Callable[[Params, argparse.Namespace], None],
+) -> None:
     parser = argparse.ArgumentParser(prog=f"python -m stages.{name}")
     parser.add_argument("--params", default="params.yaml", help="parameters file")
     add_args(parser)

@@ -23,18 +23,26 @@ def main(params, args) -> None:
     docs = {s: ([], []) for s in ("train", "val", "test")}
     next_ann_id = 1
     with atomic_dir(args.out) as out:
-        images = generate(n_images=cfg.n_images, empty_images=cfg.empty_images,
-                          cell_lines=cfg.cell_lines, width=cfg.width, height=cfg.height,
-                          seed=params.seed)
-        for i, (name, line, image, polygons) in enumerate(tqdm(images, total=cfg.n_images,
-                                                                desc="sample", unit="img")):
+        images = generate(
+            n_images=cfg.n_images,
+            empty_images=cfg.empty_images,
+            cell_lines=cfg.cell_lines,
+            width=cfg.width,
+            height=cfg.height,
+            seed=params.seed,
+        )
+        for i, (name, line, image, polygons) in enumerate(
+            tqdm(images, total=cfg.n_images, desc="sample", unit="img")
+        ):
             split = LIVECELL_SPLIT_CYCLE[i % len(LIVECELL_SPLIT_CYCLE)]
             path = out / image_dir(split) / line / name
             path.parent.mkdir(parents=True, exist_ok=True)
             write_gray(path, image)
             image_id = i + 1
             imgs, anns = docs[split]
-            imgs.append({"id": image_id, "file_name": name, "width": cfg.width, "height": cfg.height})
+            imgs.append(
+                {"id": image_id, "file_name": name, "width": cfg.width, "height": cfg.height}
+            )
             for poly in polygons:
                 anns.append(polygon_annotation(next_ann_id, image_id, poly))
                 next_ann_id += 1

@@ -17,15 +17,19 @@ log = logging.getLogger("stages.split")
 def main(params, args) -> None:
     doc = json.loads(args.subset.read_text())
     images = doc["images"]
-    parts = assign_splits([img["cell_line"] for img in images], params.split.fractions(),
-                          seed=params.seed)
+    parts = assign_splits(
+        [img["cell_line"] for img in images], params.split.fractions(), seed=params.seed
+    )
     with atomic_dir(args.out) as out:
         for name, indices in parts.items():
             chosen = [images[i] for i in indices]
             ids = {img["id"] for img in chosen}
             anns = [a for a in doc["annotations"] if a["image_id"] in ids]
-            write_json(out / f"{name}.json", {"images": chosen, "annotations": anns,
-                                              "categories": doc["categories"]}, indent=None)
+            write_json(
+                out / f"{name}.json",
+                {"images": chosen, "annotations": anns, "categories": doc["categories"]},
+                indent=None,
+            )
             lines = Counter(img["cell_line"] for img in chosen)
             log.info("%s: %d images, %d cells, %s", name, len(chosen), len(anns), dict(lines))
 

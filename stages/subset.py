@@ -15,12 +15,24 @@ log = logging.getLogger("stages.subset")
 def main(params, args) -> None:
     cfg = params.subset
     with atomic_dir(args.out) as out:
-        report = build_subset(args.raw, cfg.annotation_files, n=cfg.n_images,
-                              cell_lines=cfg.cell_lines, seed=params.seed, out=out)
+        report = build_subset(
+            args.raw,
+            cfg.annotation_files,
+            n=cfg.n_images,
+            cell_lines=cfg.cell_lines,
+            seed=params.seed,
+            out=out,
+        )
     write_json(args.report, {"source": params.data.source, **report})
-    log.info("%d of %d images, %d annotations kept, %d skipped (%s) -> %s",
-             report["images_chosen"], report["images_available"], report["annotations_kept"],
-             report["annotations_skipped"], report["skipped"] or "none", args.out)
+    log.info(
+        "%d of %d images, %d annotations kept, %d skipped (%s) -> %s",
+        report["images_chosen"],
+        report["images_available"],
+        report["annotations_kept"],
+        report["annotations_skipped"],
+        report["skipped"] or "none",
+        args.out,
+    )
 
 
 def add_args(parser) -> None:

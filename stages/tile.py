@@ -20,8 +20,15 @@ def main(params, args) -> None:
     with atomic_dir(args.out) as out:
         for split in SPLITS:
             doc = json.loads((args.split / f"{split}.json").read_text())
-            tiles, counts = tile_split(doc, args.images, out / split, grid=cfg.grid,
-                                       window=cfg.window, min_visible=cfg.min_visible, desc=split)
+            tiles, counts = tile_split(
+                doc,
+                args.images,
+                out / split,
+                grid=cfg.grid,
+                window=cfg.window,
+                min_visible=cfg.min_visible,
+                desc=split,
+            )
             write_json(out / f"{split}.json", tiles, indent=None)
             report[split] = counts
             log.info("%s: %s", split, counts)

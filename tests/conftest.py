@@ -25,15 +25,29 @@ def params_dict(raw_params) -> dict:
     return copy.deepcopy(raw_params)
 
 
-def make_livecell_root(root: Path, *, n_images: int = 8, empty: int = 1, width: int = 704,
-                       height: int = 520, seed: int = 0,
-                       lines: tuple[str, ...] = ("A172", "BV2", "MCF7", "SHSY5Y")) -> Path:
+def make_livecell_root(
+    root: Path,
+    *,
+    n_images: int = 8,
+    empty: int = 1,
+    width: int = 704,
+    height: int = 520,
+    seed: int = 0,
+    lines: tuple[str, ...] = ("A172", "BV2", "MCF7", "SHSY5Y"),
+) -> Path:
     """A LIVECell-format data root: images/<split dir>/<line>/*.tif + annotations/*.json."""
     docs = {s: ([], []) for s in ("train", "val", "test")}
     ann_id = 1
-    for i, (name, line, image, polys) in enumerate(generate(
-            n_images=n_images, empty_images=empty, cell_lines=lines, width=width,
-            height=height, seed=seed)):
+    for i, (name, line, image, polys) in enumerate(
+        generate(
+            n_images=n_images,
+            empty_images=empty,
+            cell_lines=lines,
+            width=width,
+            height=height,
+            seed=seed,
+        )
+    ):
         split = ("train", "val", "test")[i % 3]
         path = root / image_dir(split) / line / name
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -50,4 +64,3 @@ def make_livecell_root(root: Path, *, n_images: int = 8, empty: int = 1, width: 
 @pytest.fixture
 def livecell_root(tmp_path) -> Path:
     return make_livecell_root(tmp_path / "raw")
-

@@ -25,8 +25,11 @@ def _ann(i, **kw):
 def test_streams_both_livecell_and_coco_forms(tmp_path, form, annotations_first):
     anns = [_ann(1), _ann(2)]
     body = anns if form == "list" else {str(a["id"]): a for a in anns}
-    keys = ["annotations", "images", "categories"] if annotations_first else \
-        ["images", "categories", "annotations"]
+    keys = (
+        ["annotations", "images", "categories"]
+        if annotations_first
+        else ["images", "categories", "annotations"]
+    )
     doc = {k: {"images": IMAGES, "categories": CATS, "annotations": body}[k] for k in keys}
     path = tmp_path / "a.json"
     path.write_text(json.dumps(doc))

@@ -16,7 +16,12 @@ def test_project_params_load():
     ("section", "key", "value", "message"),
     [
         ("tile", "colour", 1, "unknown key 'tile.colour'"),
-        ("data", "source", "s3", "bad value 's3' for 'data.source': allowed ['sample', 'livecell']"),
+        (
+            "data",
+            "source",
+            "s3",
+            "bad value 's3' for 'data.source': allowed ['sample', 'livecell']",
+        ),
         ("tile", "grid", "7", "'tile.grid' must be an integer"),
         ("tile", "min_visible", 1.5, "'tile.min_visible': must be a fraction in (0, 1]"),
         ("tile", "window", 9, "'tile.window': must be an integer in [1, tile.grid=7]"),

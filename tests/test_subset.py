@@ -47,10 +47,12 @@ def test_subset_picks_stratified_and_keeps_only_its_annotations(small_root, tmp_
     assert len(doc["annotations"]) == report["annotations_kept"] > 0
     assert report["annotations_skipped"] == 0
     assert sorted(p.name for p in (tmp_path / "out" / "images").iterdir()) == sorted(
-        img["file_name"] for img in doc["images"])
+        img["file_name"] for img in doc["images"]
+    )
     # every annotation of the chosen images is kept
-    total = sum(len(json.loads((small_root / "annotations" / f).read_text())["annotations"])
-                for f in FILES)
+    total = sum(
+        len(json.loads((small_root / "annotations" / f).read_text())["annotations"]) for f in FILES
+    )
     assert report["annotations_read"] == total
 
 
@@ -60,7 +62,9 @@ def test_subset_cap_filter_and_seed(small_root, tmp_path):
     assert r["images_per_cell_line"] == {"BV2": 3}
     _run(small_root, tmp_path / "c", n=5, seed=1)
     _run(small_root, tmp_path / "d", n=5, seed=1)
-    assert (tmp_path / "c/annotations.json").read_text() == (tmp_path / "d/annotations.json").read_text()
+    assert (tmp_path / "c/annotations.json").read_text() == (
+        tmp_path / "d/annotations.json"
+    ).read_text()
     with pytest.raises(DataError, match="no image matches subset.cell_lines"):
         _run(small_root, tmp_path / "e", lines=("Huh7",))
 
@@ -104,8 +108,11 @@ def test_bad_annotations_are_skipped_and_counted(small_root, tmp_path):
     _edit(root, FILES[0], damage)
     report = _run(root, tmp_path / "out")
     assert report["skipped"] == {
-        "degenerate_polygon": 1, "duplicate_annotation_id": 1, "empty_segmentation": 1,
-        "unknown_image": 1, "zero_area": 1,
+        "degenerate_polygon": 1,
+        "duplicate_annotation_id": 1,
+        "empty_segmentation": 1,
+        "unknown_image": 1,
+        "zero_area": 1,
     }
     assert report["annotations_read"] == report["annotations_kept"] + 5
 
@@ -113,7 +120,11 @@ def test_bad_annotations_are_skipped_and_counted(small_root, tmp_path):
 def test_duplicate_image_id_across_files(small_root, tmp_path):
     root = _copy(small_root, tmp_path)
     first_val = json.loads((root / "annotations" / FILES[1]).read_text())["images"][0]
-    _edit(root, FILES[0], lambda d: d["images"].append({**first_val, "file_name": "BV2_Phase_X9_1_00d00h00m_9.tif"}))
+    _edit(
+        root,
+        FILES[0],
+        lambda d: d["images"].append({**first_val, "file_name": "BV2_Phase_X9_1_00d00h00m_9.tif"}),
+    )
     with pytest.raises(DataError, match=f"image id {first_val['id']}"):
         _run(root, tmp_path / "out")
 

@@ -114,9 +114,7 @@ def check_images(path: Path, images: list[Image]) -> None:
     seen: dict[Any, str] = {}
     for i, img in enumerate(images):
         if not isinstance(img, dict) or not {"id", "file_name", "width", "height"} <= set(img):
-            raise DataError(
-                f"{path}: images[{i}] lacks id/file_name/width/height; fix that entry"
-            )
+            raise DataError(f"{path}: images[{i}] lacks id/file_name/width/height; fix that entry")
         if img["id"] in seen:
             raise DataError(
                 f"{path}: duplicate image id {img['id']} ({seen[img['id']]} and "
@@ -201,4 +199,3 @@ def make_annotation_checker(
         return clean, None
 
     return check
-

@@ -36,8 +36,11 @@ class SampleConfig:
 
     def __post_init__(self) -> None:
         _check(self.n_images >= 1, "sample.n_images", "an integer >= 1")
-        _check(0 <= self.empty_images <= self.n_images, "sample.empty_images",
-               f"an integer in [0, sample.n_images={self.n_images}]")
+        _check(
+            0 <= self.empty_images <= self.n_images,
+            "sample.empty_images",
+            f"an integer in [0, sample.n_images={self.n_images}]",
+        )
         _check(len(self.cell_lines) >= 1, "sample.cell_lines", f"a non-empty list of {CELL_LINES}")
         _check(self.width >= 64 and self.height >= 64, "sample.width/height", "integers >= 64")
 
@@ -50,8 +53,11 @@ class SubsetConfig:
 
     def __post_init__(self) -> None:
         _check(self.n_images >= 1, "subset.n_images", "an integer >= 1")
-        _check(len(self.annotation_files) >= 1, "subset.annotation_files",
-               "a non-empty list of COCO JSON file names under <source>/annotations/")
+        _check(
+            len(self.annotation_files) >= 1,
+            "subset.annotation_files",
+            "a non-empty list of COCO JSON file names under <source>/annotations/",
+        )
 
 
 @dataclass(frozen=True)
@@ -63,8 +69,11 @@ class SplitConfig:
     def __post_init__(self) -> None:
         for name in ("train", "val", "test"):
             _check(0 <= getattr(self, name) <= 1, f"split.{name}", "a fraction in [0, 1]")
-        _check(abs(self.train + self.val + self.test - 1) < 1e-6, "split.train/val/test",
-               f"fractions summing to 1 (got {self.train + self.val + self.test:g})")
+        _check(
+            abs(self.train + self.val + self.test - 1) < 1e-6,
+            "split.train/val/test",
+            f"fractions summing to 1 (got {self.train + self.val + self.test:g})",
+        )
         _check(self.train > 0, "split.train", "a fraction > 0")
 
     def fractions(self) -> dict[str, float]:
@@ -79,7 +88,11 @@ class TileConfig:
 
     def __post_init__(self) -> None:
         _check(self.grid >= 1, "tile.grid", "an integer >= 1")
-        _check(1 <= self.window <= self.grid, "tile.window", f"an integer in [1, tile.grid={self.grid}]")
+        _check(
+            1 <= self.window <= self.grid,
+            "tile.window",
+            f"an integer in [1, tile.grid={self.grid}]",
+        )
         _check(0 < self.min_visible <= 1, "tile.min_visible", "a fraction in (0, 1]")
 
 
@@ -105,7 +118,9 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
     if origin is Literal:
         allowed = typing.get_args(tp)
         if value not in allowed:
-            raise ConfigError(f"params.yaml: bad value {value!r} for '{key}': allowed {list(allowed)}")
+            raise ConfigError(
+                f"params.yaml: bad value {value!r} for '{key}': allowed {list(allowed)}"
+            )
         return value
     if origin is tuple:
         if not isinstance(value, list):
@@ -159,7 +174,11 @@ def load_params(path: str | Path = "params.yaml") -> Params:
     try:
         raw = yaml.safe_load(path.read_text())
     except FileNotFoundError:
-        raise ConfigError(f"{path}: not found; run from the project root or pass --params") from None
+        raise ConfigError(
+            f"{path}: not found; run from the project root or pass --params"
+        ) from None
     except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML ({str(e).splitlines()[0]}); fix the syntax") from None
+        raise ConfigError(
+            f"{path}: not valid YAML ({str(e).splitlines()[0]}); fix the syntax"
+        ) from None
     return parse_params(raw)

@@ -9,6 +9,7 @@ Layout under a data root (what `images.zip` and the annotation files unpack to):
 from __future__ import annotations
 
 import hashlib
+import http.client
 import json
 import logging
 import os
@@ -39,7 +40,13 @@ def write_coco(path: Path, images: list[dict], annotations: list[dict]) -> None:
     """Write a COCO file the way LIVECell does: `annotations` maps str(id) -> annotation."""
     doc = {
         "info": {"description": "LIVECell-format data", "version": "1.0", "year": 2021},
-        "licenses": [{"id": 1, "name": "CC BY-NC 4.0", "url": "https://creativecommons.org/licenses/by-nc/4.0/"}],
+        "licenses": [
+            {
+                "id": 1,
+                "name": "CC BY-NC 4.0",
+                "url": "https://creativecommons.org/licenses/by-nc/4.0/",
+            }
+        ],
         "images": images,
         "categories": [{"supercategory": "cell", "id": 1, "name": "cell"}],
         "annotations": {str(a["id"]): a for a in annotations},
@@ -75,7 +82,9 @@ def download(url: str, dest: Path, *, chunk: int = 1 << 20) -> Path:
     except urllib.error.HTTPError as e:
         if e.code == 416 and have:  # the part file is already complete
             return _finish(part, dest, url, expected_size=have, etag=None)
-        raise DataError(f"{url}: HTTP {e.code} {e.reason}; check the URL or try again later") from None
+        raise DataError(
+            f"{url}: HTTP {e.code} {e.reason}; check the URL or try again later"
+        ) from None
     except (urllib.error.URLError, OSError) as e:
         raise DataError(f"{url}: cannot connect ({e}); check your internet connection") from None
     with response:
@@ -86,21 +95,36 @@ def download(url: str, dest: Path, *, chunk: int = 1 << 20) -> Path:
         total = have + int(length) if length is not None else None
         etag = response.headers.get("ETag")
         dest.parent.mkdir(parents=True, exist_ok=True)
-        with open(part, "ab" if resumed else "wb") as f, tqdm(
-            total=total, initial=have, unit="B", unit_scale=True, desc=dest.name
-        ) as bar:
-            while block := response.read(chunk):
-                f.write(block)
-                bar.update(len(block))
-    return _finish(part, dest, url, expected_size=total, etag=None if resumed else etag)
+        with (
+            open(part, "ab" if resumed else "wb") as f,
+            tqdm(total=total, initial=have, unit="B", unit_scale=True, desc=dest.name) as bar,
+        ):
+            try:
+                while block := response.read(chunk):
+                    f.write(block)
+                    bar.update(len(block))
+            except (http.client.HTTPException, OSError) as e:
+                raise DataError(
+                    f"{dest}: download of {url} interrupted at {f.tell()} bytes ({e!r}); "
+                    "run the command again to resume"
+                ) from None
+    return _finish(part, dest, url, expected_size=total, etag=etag)  # ETag: the whole file
 
 
-def _finish(part: Path, dest: Path, url: str, *, expected_size: int | None, etag: str | None) -> Path:
+def _finish(
+    part: Path, dest: Path, url: str, *, expected_size: int | None, etag: str | None
+) -> Path:
     size = part.stat().st_size
-    if expected_size is not None and size != expected_size:
+    if expected_size is not None and size < expected_size:  # kept: the next run resumes it
+        raise DataError(
+            f"{dest}: download of {url} interrupted at {size} of {expected_size} bytes; "
+            "run the command again to resume"
+        )
+    if expected_size is not None and size > expected_size:
         part.unlink()
         raise DataError(
-            f"{dest}: download of {url} ended at {size} of {expected_size} bytes; run the command again"
+            f"{dest}: download of {url} gave {size} bytes, expected {expected_size}; "
+            "run the command again"
         )
     m = _MD5_ETAG.match(etag or "")
     if m:  # S3 single-part uploads carry the MD5 as ETag
@@ -143,7 +167,9 @@ def safe_extract(archive: Path, target: Path) -> int:
     return len(members)
 
 
-def fetch_livecell(out: Path, *, base_url: str = BASE_URL, keep_zip: bool = False) -> dict[str, Any]:
+def fetch_livecell(
+    out: Path, *, base_url: str = BASE_URL, keep_zip: bool = False
+) -> dict[str, Any]:
     """Download images.zip and the three annotation files into `out` in the layout above."""
     out.mkdir(parents=True, exist_ok=True)
     zip_path = download(f"{base_url}/{IMAGES_ZIP}", out / IMAGES_ZIP)
@@ -157,7 +183,6 @@ def fetch_livecell(out: Path, *, base_url: str = BASE_URL, keep_zip: bool = Fals
         raise DataError(f"{out}: {IMAGES_ZIP} held no .tif under images/; check --base-url")
     log.info("LIVECell in %s: %d archive members, %d images", out, n_files, n_images)
     return {"images": n_images, "archive_members": n_files}
-
 
 
 def main(argv: list[str] | None = None) -> int:

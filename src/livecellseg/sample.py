@@ -48,7 +48,9 @@ def cell_polygon(rng: np.random.Generator, look: CellLineLook, cy: float, cx: fl
     t = np.linspace(0, 2 * np.pi, 32, endpoint=False)
     wobble = 1.0
     for k in (2, 3, 5):
-        wobble = wobble + look.irregularity / k * rng.normal() * np.cos(k * t + rng.uniform(0, 2 * np.pi))
+        wobble = wobble + look.irregularity / k * rng.normal() * np.cos(
+            k * t + rng.uniform(0, 2 * np.pi)
+        )
     x, y = a * np.cos(t) * wobble, b * np.sin(t) * wobble
     xr = cx + x * np.cos(theta0) - y * np.sin(theta0)
     yr = cy + x * np.sin(theta0) + y * np.cos(theta0)
@@ -110,11 +112,19 @@ def sample_file_name(cell_line: str, index: int) -> str:
     """LIVECell's naming: <line>_Phase_<well>_<location>_<DDdHHhMMm>_<crop>.tif."""
     well = f"{'ABCDEFGH'[index % 8]}{1 + index // 8 % 12}"
     days, hours = divmod(4 * (index // 2), 24)
-    return f"{cell_line}_Phase_{well}_{1 + index % 2}_{days:02d}d{hours:02d}h00m_{1 + index % 4}.tif"
+    return (
+        f"{cell_line}_Phase_{well}_{1 + index % 2}_{days:02d}d{hours:02d}h00m_{1 + index % 4}.tif"
+    )
 
 
 def generate(
-    *, n_images: int, empty_images: int, cell_lines: tuple[str, ...], width: int, height: int, seed: int
+    *,
+    n_images: int,
+    empty_images: int,
+    cell_lines: tuple[str, ...],
+    width: int,
+    height: int,
+    seed: int,
 ):
     """Yield (file_name, cell_line, image, polygons) for each image, deterministically."""
     root = np.random.SeedSequence(seed)

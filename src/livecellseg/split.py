@@ -30,7 +30,9 @@ def split_counts(n: int, fractions: dict[str, float]) -> dict[str, int]:
     """Images per split, by largest remainder; every split with a fraction > 0 gets one."""
     raw = {k: n * f for k, f in fractions.items()}
     counts = {k: int(np.floor(v)) for k, v in raw.items()}
-    for k in sorted(raw, key=lambda k: raw[k] - counts[k], reverse=True)[: n - sum(counts.values())]:
+    for k in sorted(raw, key=lambda k: raw[k] - counts[k], reverse=True)[
+        : n - sum(counts.values())
+    ]:
         counts[k] += 1
     needed = sum(f > 0 for f in fractions.values())
     if n < needed:

@@ -26,9 +26,7 @@ from livecellseg.split import stratified_order
 log = logging.getLogger(__name__)
 
 
-def choose_images(
-    images: list[dict], n: int, cell_lines: tuple[str, ...], seed: int
-) -> list[dict]:
+def choose_images(images: list[dict], n: int, cell_lines: tuple[str, ...], seed: int) -> list[dict]:
     """n images (capped at what exists) in proportion to the cell lines, seeded."""
     pool = [img for img in images if not cell_lines or img["cell_line"] in cell_lines]
     order = stratified_order([img["cell_line"] for img in pool], np.random.default_rng(seed))
@@ -36,8 +34,13 @@ def choose_images(
 
 
 def build_subset(
-    root: Path, annotation_files: tuple[str, ...], *, n: int, cell_lines: tuple[str, ...],
-    seed: int, out: Path,
+    root: Path,
+    annotation_files: tuple[str, ...],
+    *,
+    n: int,
+    cell_lines: tuple[str, ...],
+    seed: int,
+    out: Path,
 ) -> dict[str, Any]:
     """Write out/annotations.json (COCO, list form) and out/images/; return the report."""
     files = [root / "annotations" / name for name in annotation_files]
@@ -84,8 +87,9 @@ def build_subset(
     seen_ids: set = set()
     n_total = 0
     for f, form in headers:
-        for ann in tqdm(iter_annotations(f, form), desc=f"stream {f.name}", unit="ann",
-                        mininterval=1.0):
+        for ann in tqdm(
+            iter_annotations(f, form), desc=f"stream {f.name}", unit="ann", mininterval=1.0
+        ):
             n_total += 1
             image_id = ann.get("image_id") if isinstance(ann, dict) else None
             if image_id in all_images and image_id not in chosen_ids:

@@ -31,8 +31,14 @@ def instance_crops(anns: list[dict], height: int, width: int):
 
 
 def tile_split(
-    doc: dict[str, Any], image_dir: Path, out_dir: Path, *, grid: int, window: int,
-    min_visible: float, desc: str = "tile",
+    doc: dict[str, Any],
+    image_dir: Path,
+    out_dir: Path,
+    *,
+    grid: int,
+    window: int,
+    min_visible: float,
+    desc: str = "tile",
 ) -> tuple[dict[str, Any], dict[str, int]]:
     """Write out_dir/<stem>_r<R>c<C>.tif for every tile; return its COCO doc and counts."""
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -54,20 +60,40 @@ def tile_split(
             tile_id = len(tiles) + 1
             name = f"{stem}_r{w.row}c{w.col}.tif"
             write_gray(out_dir / name, np.ascontiguousarray(image[w.y0 : w.y1, w.x0 : w.x1]))
-            tiles.append({
-                "id": tile_id, "file_name": name, "height": w.shape[0], "width": w.shape[1],
-                "parent_id": img["id"], "parent_file_name": img["file_name"],
-                "cell_line": img.get("cell_line"), "row": w.row, "col": w.col,
-                "y0": w.y0, "x0": w.x0,
-            })
+            tiles.append(
+                {
+                    "id": tile_id,
+                    "file_name": name,
+                    "height": w.shape[0],
+                    "width": w.shape[1],
+                    "parent_id": img["id"],
+                    "parent_file_name": img["file_name"],
+                    "cell_line": img.get("cell_line"),
+                    "row": w.row,
+                    "col": w.col,
+                    "y0": w.y0,
+                    "x0": w.x0,
+                }
+            )
             for inst in clipped:
                 rle = encode_mask(inst.mask)
-                tile_anns.append({
-                    "id": len(tile_anns) + 1, "image_id": tile_id, "category_id": 1,
-                    "segmentation": rle, "area": inst.area,
-                    "bbox": [float(v) for v in mask_utils.toBbox(rle)], "iscrowd": 0,
-                    "source_id": anns[inst.source]["id"], "clipped": inst.clipped,
-                })
-    counts = {"images": len(doc["images"]), "tiles": len(tiles),
-              "source_instances": len(doc["annotations"]), **asdict(total)}
+                tile_anns.append(
+                    {
+                        "id": len(tile_anns) + 1,
+                        "image_id": tile_id,
+                        "category_id": 1,
+                        "segmentation": rle,
+                        "area": inst.area,
+                        "bbox": [float(v) for v in mask_utils.toBbox(rle)],
+                        "iscrowd": 0,
+                        "source_id": anns[inst.source]["id"],
+                        "clipped": inst.clipped,
+                    }
+                )
+    counts = {
+        "images": len(doc["images"]),
+        "tiles": len(tiles),
+        "source_instances": len(doc["annotations"]),
+        **asdict(total),
+    }
     return {"images": tiles, "annotations": tile_anns, "categories": doc["categories"]}, counts

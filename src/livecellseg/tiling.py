@@ -61,8 +61,14 @@ def owned_box(win: Window, height: int, width: int, grid: int = 7, window: int =
     ey, ex = grid_edges(height, grid), grid_edges(width, grid)
     rows = [i for i in range(grid) if owner(i, grid, window) == win.row]
     cols = [i for i in range(grid) if owner(i, grid, window) == win.col]
-    return Window(win.row, win.col, int(ey[rows[0]]), int(ey[rows[-1] + 1]),
-                  int(ex[cols[0]]), int(ex[cols[-1] + 1]))
+    return Window(
+        win.row,
+        win.col,
+        int(ey[rows[0]]),
+        int(ey[rows[-1] + 1]),
+        int(ex[cols[0]]),
+        int(ex[cols[-1] + 1]),
+    )
 
 
 def ownership_map(height: int, width: int, grid: int = 7, window: int = 3) -> np.ndarray:

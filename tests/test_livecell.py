@@ -1,0 +1,163 @@
+"""The real-data path, against a LIVECell-format archive served from 127.0.0.1."""
+
+import http.server
+import shutil
+import threading
+import zipfile
+from functools import partial
+from pathlib import Path
+
+import pytest
+
+from livecellseg.errors import DataError
+from livecellseg.livecell import (
+    ANNOTATION_FILES,
+    download,
+    fetch_livecell,
+    index_images,
+    md5sum,
+    safe_extract,
+)
+from tests.conftest import make_livecell_root
+
+
+class RangeHandler(http.server.SimpleHTTPRequestHandler):
+    """Static files with Range support, an optional wrong ETag and an optional cut-off."""
+
+    ranges_seen: list = []
+    etag: str | None = None
+    cut_after: int | None = None  # close the connection after this many body bytes
+
+    def log_message(self, *args):
+        pass
+
+    def do_GET(self):
+        path = Path(self.translate_path(self.path))
+        if not path.is_file():
+            self.send_error(404)
+            return
+        data = path.read_bytes()
+        start = 0
+        rng = self.headers.get("Range")
+        if rng:
+            type(self).ranges_seen.append(rng)
+            start = int(rng.split("=")[1].split("-")[0])
+            self.send_response(206)
+            self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
+        else:
+            self.send_response(200)
+        body = data[start:]
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("ETag", f'"{self.etag or md5sum(path)}"')
+        self.end_headers()
+        if self.cut_after is not None:
+            self.wfile.write(body[: self.cut_after])
+            self.wfile.flush()
+            self.connection.shutdown(2)
+            return
+        self.wfile.write(body)
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory):
+    """LIVECell_dataset_2021/{images.zip, annotations/LIVECell/*.json} like the real bucket."""
+    raw = make_livecell_root(tmp_path_factory.mktemp("raw"), n_images=6, width=160, height=120)
+    www = tmp_path_factory.mktemp("www")
+    base = www / "LIVECell_dataset_2021"
+    (base / "annotations" / "LIVECell").mkdir(parents=True)
+    with zipfile.ZipFile(base / "images.zip", "w") as zf:
+        for p in sorted((raw / "images").rglob("*")):
+            zf.write(p, p.relative_to(raw).as_posix())
+    for name in ANNOTATION_FILES:
+        shutil.copy(raw / "annotations" / name, base / "annotations" / "LIVECell" / name)
+    return www, raw
+
+
+def _serve(www, handler):
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), partial(handler, directory=str(www)))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server, f"http://127.0.0.1:{server.server_port}/LIVECell_dataset_2021"
+
+
+@pytest.fixture
+def handler():
+    class H(RangeHandler):
+        ranges_seen = []
+
+    return H
+
+
+def test_fetch_makes_the_livecell_layout(site, tmp_path, handler):
+    www, raw = site
+    server, url = _serve(www, handler)
+    try:
+        fetch_livecell(tmp_path / "livecell", base_url=url)
+    finally:
+        server.shutdown()
+    out = tmp_path / "livecell"
+    assert sorted(index_images(out)) == sorted(index_images(raw))
+    for name in ANNOTATION_FILES:
+        assert (out / "annotations" / name).read_bytes() == (
+            raw / "annotations" / name
+        ).read_bytes()
+    assert not (out / "images.zip").exists()
+
+
+def test_interrupted_download_resumes(site, tmp_path, handler):
+    www, _ = site
+    zip_path = www / "LIVECell_dataset_2021" / "images.zip"
+    dest = tmp_path / "images.zip"
+    handler.cut_after = zip_path.stat().st_size // 3
+    server, url = _serve(www, handler)
+    try:
+        with pytest.raises(DataError, match="interrupted at .* run the command again to resume"):
+            download(f"{url}/images.zip", dest)
+        assert dest.with_name("images.zip.part").stat().st_size == handler.cut_after
+        handler.cut_after = None
+        download(f"{url}/images.zip", dest)
+    finally:
+        server.shutdown()
+    assert handler.ranges_seen == [f"bytes={zip_path.stat().st_size // 3}-"]
+    assert dest.read_bytes() == zip_path.read_bytes()
+
+
+def test_server_without_range_restarts_cleanly(site, tmp_path):
+    www, _ = site
+    zip_path = www / "LIVECell_dataset_2021" / "images.zip"
+    dest = tmp_path / "images.zip"
+    dest.with_name("images.zip.part").write_bytes(b"junk from an old attempt")
+    server, url = _serve(www, http.server.SimpleHTTPRequestHandler)  # ignores Range
+    try:
+        download(f"{url}/images.zip", dest)
+    finally:
+        server.shutdown()
+    assert dest.read_bytes() == zip_path.read_bytes()
+
+
+def test_checksum_mismatch_is_reported(site, tmp_path, handler):
+    www, _ = site
+    handler.etag = "0" * 32
+    server, url = _serve(www, handler)
+    try:
+        with pytest.raises(DataError, match="checksum mismatch"):
+            download(f"{url}/images.zip", tmp_path / "images.zip")
+        with pytest.raises(DataError, match="HTTP 404"):
+            download(f"{url}/nothing.zip", tmp_path / "nothing.zip")
+    finally:
+        server.shutdown()
+    assert not (tmp_path / "images.zip").exists()
+    assert not (tmp_path / "images.zip.part").exists()
+
+
+def test_zip_slip_is_refused(tmp_path):
+    evil = tmp_path / "evil.zip"
+    with zipfile.ZipFile(evil, "w") as zf:
+        zf.writestr("images/ok.tif", b"x")
+        zf.writestr("../../escaped.txt", b"x")
+    with pytest.raises(DataError, match="outside"):
+        safe_extract(evil, tmp_path / "target")
+    assert not (tmp_path / "escaped.txt").exists()
+    assert not (tmp_path / "target" / "images" / "ok.tif").exists()  # nothing extracted
+    (tmp_path / "bad.zip").write_bytes(b"not a zip")
+    with pytest.raises(DataError, match="not a valid zip"):
+        safe_extract(tmp_path / "bad.zip", tmp_path / "target")

@@ -1,0 +1,113 @@
+"""End to end: the DVC pipeline in a temporary copy of the project, on a tiny sample."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.conftest import ROOT
+from tests.test_livecell import RangeHandler, _serve
+
+pytestmark = pytest.mark.slow
+
+
+def _copy_project(dst: Path) -> Path:
+    files = subprocess.run(
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"],
+        cwd=ROOT,
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.split("\0")
+    for rel in filter(None, files):
+        src = ROOT / rel
+        if src.is_file() and not rel.startswith(("metrics/", "dvc.lock")):
+            (dst / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dst / rel)
+    subprocess.run(["git", "init", "-q"], cwd=dst, check=True)
+    return dst
+
+
+def _sh(args, cwd):
+    env = {
+        **os.environ,
+        "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+        "PYTHONPATH": str(cwd),
+    }
+    r = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True)
+    assert r.returncode == 0, f"{args} failed:\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}"
+    return r.stdout + r.stderr
+
+
+def _set_params(project: Path, **sections):
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    for section, values in sections.items():
+        params[section].update(values)
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory):
+    p = _copy_project(tmp_path_factory.mktemp("project"))
+    _set_params(p, sample={"n_images": 6, "empty_images": 1, "cell_lines": ["A172", "BV2"]})
+    return p
+
+
+def test_repro_tile_then_nothing_to_do(project):
+    _sh(["dvc", "repro", "tile"], project)
+    report = json.loads((project / "metrics/tile.json").read_text())
+    assert report["total"]["images"] == 6 and report["total"]["tiles"] == 150
+    assert report["total"]["lost"] == 0
+    assert {k: report[k]["images"] for k in ("train", "val", "test")} == {
+        "train": 4,
+        "val": 1,
+        "test": 1,
+    }
+    tiles = json.loads((project / "data/tiles/train.json").read_text())
+    assert (
+        len(tiles["images"]) == 100 and len(list((project / "data/tiles/train").iterdir())) == 100
+    )
+    assert sum(r["tiles"] for r in (report["train"], report["val"], report["test"])) == 150
+    subset = json.loads((project / "metrics/subset.json").read_text())
+    assert subset["images_chosen"] == 6 and subset["annotations_skipped"] == 0
+
+    again = _sh(["dvc", "repro", "tile"], project)
+    assert "Running stage" not in again
+    assert again.count("didn't change, skipping") == 4
+
+
+def test_real_livecell_path_from_a_local_server(project, tmp_path):
+    _sh(["dvc", "repro", "sample"], project)  # the sample stands in for the real archive
+    raw = project / "data" / "sample"
+    www = tmp_path / "www"
+    base = www / "LIVECell_dataset_2021"
+    (base / "annotations" / "LIVECell").mkdir(parents=True)
+    shutil.make_archive(str(base / "images"), "zip", raw, "images")
+    for f in (raw / "annotations").iterdir():
+        shutil.copy(f, base / "annotations" / "LIVECell" / f.name)
+
+    class H(RangeHandler):
+        ranges_seen = []
+
+    server, url = _serve(www, H)
+    try:
+        _sh(
+            [sys.executable, "-m", "livecellseg.livecell", "data/livecell", "--base-url", url],
+            project,
+        )
+    finally:
+        server.shutdown()
+    _sh(["dvc", "commit", "--force", "data.dvc"], project)
+    assert "md5" in (project / "data.dvc").read_text()
+    _set_params(project, data={"source": "livecell"})
+    _sh(["dvc", "repro", "subset"], project)
+    subset = json.loads((project / "metrics/subset.json").read_text())
+    assert subset["source"] == "livecell" and subset["images_chosen"] == 6
+    assert "data.dvc" not in _sh(["dvc", "status", "data.dvc"], project).replace(
+        "Data and pipelines are up to date.", ""
+    )
