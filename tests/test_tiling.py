@@ -110,3 +110,34 @@ def test_lost_instance_is_counted():
     per_tile, counts = clip_instances([mask], [(100, 150)], tile_windows(520, 704), 0.9)
     assert counts.lost == 1 and counts.instances == 0
     assert all(not p for p in per_tile)
+
+
+def test_instance_crops_equal_full_size_rasterisation():
+    from livecellseg.coco import encode_mask, to_rle
+    from livecellseg.tileset import instance_crops
+
+    h, w = 120, 160
+    rng = np.random.default_rng(1)
+    anns = []
+    for _ in range(40):  # many cross the image border
+        cx, cy, r = rng.uniform(-10, w + 10), rng.uniform(-10, h + 10), rng.uniform(2, 30)
+        t = np.sort(rng.uniform(0, 2 * np.pi, 9))
+        rr = r * rng.uniform(0.4, 1.0, 9)
+        anns.append(
+            {
+                "segmentation": [
+                    np.round(
+                        np.stack([cx + rr * np.cos(t), cy + rr * np.sin(t)], 1).ravel(), 2
+                    ).tolist()
+                ]
+            }
+        )
+    rle_mask = np.zeros((h, w), bool)
+    rle_mask[30:50, 40:45] = True
+    anns.append({"segmentation": encode_mask(rle_mask)})
+    masks, boxes = instance_crops(anns, h, w)
+    for ann, m, (y, x) in zip(anns, masks, boxes, strict=True):
+        full = mask_utils.decode(to_rle(ann["segmentation"], h, w)).astype(bool)
+        pasted = np.zeros((h, w), bool)
+        pasted[y : y + m.shape[0], x : x + m.shape[1]] = m
+        assert (pasted == full).all()

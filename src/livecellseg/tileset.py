@@ -16,17 +16,21 @@ from livecellseg.tiling import TileCounts, clip_instances, tile_windows
 
 
 def instance_crops(anns: list[dict], height: int, width: int):
-    """Each annotation as (bool mask cropped to its box, (y, x) of the box)."""
+    """Each annotation as (bool mask cropped to its box, (y, x) of the box).
+
+    Masks are rasterised at full image size, exactly as pycocotools does for evaluation
+    (rasterising in a shifted local box changes pixels on half-pixel edges).
+    """
     masks, boxes = [], []
     for ann in anns:
-        full = mask_utils.decode(to_rle(ann["segmentation"], height, width)).astype(bool)
-        ys, xs = np.nonzero(full.any(axis=1))[0], np.nonzero(full.any(axis=0))[0]
-        if ys.size == 0:
+        rle = to_rle(ann["segmentation"], height, width)
+        x, y, w, h = (int(v) for v in mask_utils.toBbox(rle))
+        if w == 0 or h == 0:
             masks.append(np.zeros((0, 0), bool))
             boxes.append((0, 0))
             continue
-        masks.append(full[ys[0] : ys[-1] + 1, xs[0] : xs[-1] + 1])
-        boxes.append((int(ys[0]), int(xs[0])))
+        masks.append(mask_utils.decode(rle)[y : y + h, x : x + w].astype(bool))
+        boxes.append((y, x))
     return masks, boxes
 
 
