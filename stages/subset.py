@@ -30,7 +30,7 @@ def main(params, args) -> None:
         report["images_available"],
         report["annotations_kept"],
         report["annotations_skipped"],
-        report["skipped"] or "none",
+        {k: v for k, v in report["skipped"].items() if v} or "none",
         args.out,
     )
 

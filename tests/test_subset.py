@@ -107,7 +107,7 @@ def test_bad_annotations_are_skipped_and_counted(small_root, tmp_path):
 
     _edit(root, FILES[0], damage)
     report = _run(root, tmp_path / "out")
-    assert report["skipped"] == {
+    assert {k: v for k, v in report["skipped"].items() if v} == {
         "degenerate_polygon": 1,
         "duplicate_annotation_id": 1,
         "empty_segmentation": 1,

@@ -18,6 +18,18 @@ from pycocotools import mask as mask_utils
 
 from livecellseg.errors import DataError
 
+# Why an annotation can be skipped (each counted in the subset report).
+DEFECTS = (
+    "malformed_annotation",
+    "unknown_image",
+    "unknown_category",
+    "empty_segmentation",
+    "degenerate_polygon",
+    "bad_rle",
+    "zero_area",
+    "duplicate_annotation_id",
+)
+
 Image = dict[str, Any]
 Annotation = dict[str, Any]
 

@@ -16,7 +16,13 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from livecellseg.coco import check_images, iter_annotations, make_annotation_checker, read_header
+from livecellseg.coco import (
+    DEFECTS,
+    check_images,
+    iter_annotations,
+    make_annotation_checker,
+    read_header,
+)
 from livecellseg.errors import DataError
 from livecellseg.images import cell_line_of, read_gray
 from livecellseg.io import write_json
@@ -117,7 +123,7 @@ def build_subset(
         "annotations_read": n_total,
         "annotations_kept": len(kept),
         "annotations_skipped": sum(skipped.values()),
-        "skipped": dict(sorted(skipped.items())),
+        "skipped": {d: skipped[d] for d in DEFECTS},
         "images_per_cell_line": dict(sorted(Counter(i["cell_line"] for i in chosen).items())),
     }
     return report
