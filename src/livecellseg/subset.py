@@ -83,7 +83,12 @@ def build_subset(
     out.mkdir(parents=True, exist_ok=True)
     (out / "images").mkdir(exist_ok=True)
     for img in tqdm(chosen, desc="check images", unit="img"):
-        src = on_disk.get(img["file_name"], root / "images" / img["file_name"])
+        src = on_disk.get(img["file_name"])
+        if src is None:
+            raise DataError(
+                f"{root / 'images'}/**/{img['file_name']}: image not found (image id {img['id']} "
+                "in the JSON); restore the file or remove the image from the JSON"
+            )
         read_gray(src, size=(img["width"], img["height"]))  # exists, opens, 2-D, size matches
         shutil.copy2(src, out / "images" / img["file_name"])
 
