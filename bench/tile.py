@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -42,23 +43,27 @@ def main() -> None:
             )
             anns += [polygon_annotation(len(anns) + 1, i + 1, poly) for poly in polys]
         doc = {"images": images, "annotations": anns, "categories": [{"id": 1, "name": "cell"}]}
-        t = time.perf_counter()
-        tiles, counts = tile_split(doc, tmp, tmp / "tiles", grid=7, window=3, min_visible=0.3)
-        wall = time.perf_counter() - t
-    print(
-        json.dumps(
-            {
-                "benchmark": "tile",
-                "images": args.images,
-                "source_instances": len(anns),
-                "counts": counts,
+        runs = {}
+        for workers in sorted({1, os.cpu_count() or 1}):
+            t = time.perf_counter()
+            _, counts = tile_split(
+                doc,
+                tmp,
+                tmp / f"tiles{workers}",
+                grid=7,
+                window=3,
+                min_visible=0.3,
+                workers=workers,
+            )
+            wall = time.perf_counter() - t
+            runs[f"workers_{workers}"] = {
                 "wall_s": round(wall, 3),
                 "tiles_per_s": round(counts["tiles"] / wall, 1),
                 "s_per_image": round(wall / args.images, 4),
                 "instances_per_s": round(counts["instances"] / wall, 1),
-            },
-            indent=2,
-        )
+            }
+    print(
+        json.dumps({"benchmark": "tile", "images": args.images, "counts": counts, **runs}, indent=2)
     )
 
 

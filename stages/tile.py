@@ -27,6 +27,7 @@ def main(params, args) -> None:
                 grid=cfg.grid,
                 window=cfg.window,
                 min_visible=cfg.min_visible,
+                workers=params.n_workers(),
                 desc=split,
             )
             write_json(out / f"{split}.json", tiles, indent=None)

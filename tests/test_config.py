@@ -60,3 +60,11 @@ def test_unreadable_file(tmp_path):
         load_params(bad)
     with pytest.raises(ConfigError, match="not found"):
         load_params(tmp_path / "nope.yaml")
+
+
+def test_workers(params_dict):
+    params_dict["workers"] = -1
+    with pytest.raises(ConfigError, match="bad value for 'workers'"):
+        parse_params(params_dict)
+    params_dict["workers"] = 0
+    assert parse_params(params_dict).n_workers() >= 1

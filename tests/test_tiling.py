@@ -141,3 +141,27 @@ def test_instance_crops_equal_full_size_rasterisation():
         pasted = np.zeros((h, w), bool)
         pasted[y : y + m.shape[0], x : x + m.shape[1]] = m
         assert (pasted == full).all()
+
+
+def test_parallel_tiling_gives_identical_output(tmp_path):
+    import json
+
+    from livecellseg.images import write_gray
+    from livecellseg.sample import generate, polygon_annotation
+    from livecellseg.tileset import tile_split
+
+    images, anns = [], []
+    for i, (name, _line, img, polys) in enumerate(
+        generate(n_images=3, empty_images=1, cell_lines=("MCF7",), width=210, height=150, seed=0)
+    ):
+        write_gray(tmp_path / name, img)
+        images.append({"id": i + 1, "file_name": name, "width": 210, "height": 150})
+        anns += [polygon_annotation(len(anns) + 1, i + 1, p) for p in polys]
+    doc = {"images": images, "annotations": anns, "categories": [{"id": 1, "name": "cell"}]}
+    one = tile_split(doc, tmp_path, tmp_path / "w1", grid=7, window=3, min_visible=0.3)
+    two = tile_split(doc, tmp_path, tmp_path / "w2", grid=7, window=3, min_visible=0.3, workers=2)
+    assert json.dumps(one) == json.dumps(two)
+    assert one[1]["tiles"] == 75 and one[1]["instances"] > 0
+    assert len(list((tmp_path / "w1").iterdir())) == 75
+    for p in (tmp_path / "w1").iterdir():
+        assert p.read_bytes() == (tmp_path / "w2" / p.name).read_bytes()

@@ -7,6 +7,7 @@ a wrong type or a value outside its allowed set, naming the key and what is allo
 from __future__ import annotations
 
 import dataclasses
+import os
 import types
 import typing
 from dataclasses import dataclass
@@ -99,11 +100,18 @@ class TileConfig:
 @dataclass(frozen=True)
 class Params:
     seed: int
+    workers: int  # processes for per-image work; 0 = one per CPU. Outputs do not depend on it.
     data: DataConfig
     sample: SampleConfig
     subset: SubsetConfig
     split: SplitConfig
     tile: TileConfig
+
+    def __post_init__(self) -> None:
+        _check(self.workers >= 0, "workers", "an integer >= 0 (0: one per CPU)")
+
+    def n_workers(self) -> int:
+        return self.workers or os.cpu_count() or 1
 
 
 def _check(ok: bool, key: str, allowed: str) -> None:

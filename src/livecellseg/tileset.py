@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections import Counter
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +38,61 @@ def instance_crops(anns: list[dict], height: int, width: int):
     return masks, boxes
 
 
+def tile_image(
+    img: dict[str, Any],
+    anns: list[dict],
+    image_dir: Path,
+    out_dir: Path,
+    *,
+    grid: int,
+    window: int,
+    min_visible: float,
+) -> tuple[list[dict], list[list[dict]], dict[str, int]]:
+    """Write the tiles of one image; return their entries, annotations per tile, and counts.
+
+    Ids are left to the caller, so images can be tiled in any order or process.
+    """
+    image = read_gray(image_dir / img["file_name"], size=(img["width"], img["height"]))
+    windows = tile_windows(img["height"], img["width"], grid, window)
+    masks, boxes = instance_crops(anns, img["height"], img["width"])
+    per_tile, counts = clip_instances(masks, boxes, windows, min_visible)
+    stem = Path(img["file_name"]).stem
+    entries, tile_anns = [], []
+    for w, clipped in zip(windows, per_tile, strict=True):
+        name = f"{stem}_r{w.row}c{w.col}.tif"
+        write_gray(out_dir / name, np.ascontiguousarray(image[w.y0 : w.y1, w.x0 : w.x1]))
+        entries.append(
+            {
+                "file_name": name,
+                "height": w.shape[0],
+                "width": w.shape[1],
+                "parent_id": img["id"],
+                "parent_file_name": img["file_name"],
+                "cell_line": img.get("cell_line"),
+                "row": w.row,
+                "col": w.col,
+                "y0": w.y0,
+                "x0": w.x0,
+            }
+        )
+        anns_here = []
+        for inst in clipped:
+            rle = encode_mask(inst.mask)
+            anns_here.append(
+                {
+                    "category_id": 1,
+                    "segmentation": rle,
+                    "area": inst.area,
+                    "bbox": [float(v) for v in mask_utils.toBbox(rle)],
+                    "iscrowd": 0,
+                    "source_id": anns[inst.source]["id"],
+                    "clipped": inst.clipped,
+                }
+            )
+        tile_anns.append(anns_here)
+    return entries, tile_anns, asdict(counts)
+
+
 def tile_split(
     doc: dict[str, Any],
     image_dir: Path,
@@ -42,62 +101,46 @@ def tile_split(
     grid: int,
     window: int,
     min_visible: float,
+    workers: int = 1,
     desc: str = "tile",
 ) -> tuple[dict[str, Any], dict[str, int]]:
-    """Write out_dir/<stem>_r<R>c<C>.tif for every tile; return its COCO doc and counts."""
+    """Tile every image of a COCO doc into out_dir; return the tiles' COCO doc and counts.
+
+    With workers > 1 images are tiled in parallel processes; results are gathered in input
+    order, so the output is identical whatever the number of workers.
+    """
     out_dir.mkdir(parents=True, exist_ok=True)
     by_image: dict[Any, list[dict]] = {img["id"]: [] for img in doc["images"]}
     for ann in doc["annotations"]:
         by_image[ann["image_id"]].append(ann)
+    job = partial(
+        _tile_job,
+        image_dir=image_dir,
+        out_dir=out_dir,
+        grid=grid,
+        window=window,
+        min_visible=min_visible,
+    )
+    jobs = [(img, by_image[img["id"]]) for img in doc["images"]]
 
-    tiles, tile_anns, total = [], [], TileCounts()
-    for img in tqdm(doc["images"], desc=desc, unit="img"):
-        image = read_gray(image_dir / img["file_name"], size=(img["width"], img["height"]))
-        anns = by_image[img["id"]]
-        windows = tile_windows(img["height"], img["width"], grid, window)
-        masks, boxes = instance_crops(anns, img["height"], img["width"])
-        per_tile, counts = clip_instances(masks, boxes, windows, min_visible)
-        for key, value in asdict(counts).items():
-            setattr(total, key, getattr(total, key) + value)
-        stem = Path(img["file_name"]).stem
-        for w, clipped in zip(windows, per_tile, strict=True):
-            tile_id = len(tiles) + 1
-            name = f"{stem}_r{w.row}c{w.col}.tif"
-            write_gray(out_dir / name, np.ascontiguousarray(image[w.y0 : w.y1, w.x0 : w.x1]))
-            tiles.append(
-                {
-                    "id": tile_id,
-                    "file_name": name,
-                    "height": w.shape[0],
-                    "width": w.shape[1],
-                    "parent_id": img["id"],
-                    "parent_file_name": img["file_name"],
-                    "cell_line": img.get("cell_line"),
-                    "row": w.row,
-                    "col": w.col,
-                    "y0": w.y0,
-                    "x0": w.x0,
-                }
-            )
-            for inst in clipped:
-                rle = encode_mask(inst.mask)
-                tile_anns.append(
-                    {
-                        "id": len(tile_anns) + 1,
-                        "image_id": tile_id,
-                        "category_id": 1,
-                        "segmentation": rle,
-                        "area": inst.area,
-                        "bbox": [float(v) for v in mask_utils.toBbox(rle)],
-                        "iscrowd": 0,
-                        "source_id": anns[inst.source]["id"],
-                        "clipped": inst.clipped,
-                    }
-                )
+    tiles, tile_anns, total = [], [], Counter()
+    with ProcessPoolExecutor(workers) if workers > 1 else contextlib.nullcontext() as pool:
+        results = pool.map(job, jobs, chunksize=2) if pool else map(job, jobs)
+        for entries, anns_per_tile, counts in tqdm(results, total=len(jobs), desc=desc, unit="img"):
+            total.update(counts)
+            for entry, anns in zip(entries, anns_per_tile, strict=True):
+                tiles.append({"id": len(tiles) + 1, **entry})
+                for ann in anns:
+                    tile_anns.append({"id": len(tile_anns) + 1, "image_id": len(tiles), **ann})
     counts = {
         "images": len(doc["images"]),
         "tiles": len(tiles),
         "source_instances": len(doc["annotations"]),
-        **asdict(total),
+        **{k: total[k] for k in asdict(TileCounts())},
     }
     return {"images": tiles, "annotations": tile_anns, "categories": doc["categories"]}, counts
+
+
+def _tile_job(item, **kwargs):
+    img, anns = item
+    return tile_image(img, anns, **kwargs)
