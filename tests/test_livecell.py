@@ -25,6 +25,7 @@ class RangeHandler(http.server.SimpleHTTPRequestHandler):
     """Static files with Range support, an optional wrong ETag and an optional cut-off."""
 
     ranges_seen: list = []
+    paths_seen: list = []
     etag: str | None = None
     cut_after: int | None = None  # close the connection after this many body bytes
 
@@ -32,6 +33,7 @@ class RangeHandler(http.server.SimpleHTTPRequestHandler):
         pass
 
     def do_GET(self):
+        type(self).paths_seen.append(self.path)
         path = Path(self.translate_path(self.path))
         if not path.is_file():
             self.send_error(404)
@@ -92,6 +94,12 @@ def test_fetch_makes_the_livecell_layout(site, tmp_path, handler):
     server, url = _serve(www, handler)
     try:
         fetch_livecell(tmp_path / "livecell", base_url=url)
+        (tmp_path / "livecell" / "annotations" / ANNOTATION_FILES[1]).unlink()
+        n_requests = len(handler.paths_seen)
+        fetch_livecell(tmp_path / "livecell", base_url=url)  # a rerun fetches only what is missing
+        assert handler.paths_seen[n_requests:] == [
+            f"/LIVECell_dataset_2021/annotations/LIVECell/{ANNOTATION_FILES[1]}"
+        ]
     finally:
         server.shutdown()
     out = tmp_path / "livecell"

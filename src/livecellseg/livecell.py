@@ -172,12 +172,25 @@ def fetch_livecell(
 ) -> dict[str, Any]:
     """Download images.zip and the three annotation files into `out` in the layout above."""
     out.mkdir(parents=True, exist_ok=True)
-    zip_path = download(f"{base_url}/{IMAGES_ZIP}", out / IMAGES_ZIP)
-    n_files = safe_extract(zip_path, out)
-    if not keep_zip:
-        zip_path.unlink()
+    done = out / "images" / ".extracted"  # a rerun after a failure does not fetch 1.3 GB again
+    if done.exists():
+        n_files = int(done.read_text())
+        log.info(
+            "%s already unpacked (%d members); delete %s to fetch it again",
+            IMAGES_ZIP,
+            n_files,
+            done,
+        )
+    else:
+        zip_path = download(f"{base_url}/{IMAGES_ZIP}", out / IMAGES_ZIP)
+        n_files = safe_extract(zip_path, out)
+        done.write_text(str(n_files))
+        if not keep_zip:
+            zip_path.unlink()
     for name in ANNOTATION_FILES:
-        download(f"{base_url}/{ANNOTATIONS_URL_DIR}/{name}", out / "annotations" / name)
+        dest = out / "annotations" / name
+        if not dest.exists():  # downloads land under their name only when complete
+            download(f"{base_url}/{ANNOTATIONS_URL_DIR}/{name}", dest)
     n_images = len(index_images(out))
     if n_images == 0:
         raise DataError(f"{out}: {IMAGES_ZIP} held no .tif under images/; check --base-url")
