@@ -98,6 +98,99 @@ class TileConfig:
 
 
 @dataclass(frozen=True)
+class ModelConfig:
+    """Shared by both models: `lr` (see README, 'Experiments') and inference/sampling sizes."""
+
+    lr: float  # the transfer model's SGD learning rate (phase 1; phase 2 scales it)
+    score_thresh: float
+    nms_thresh: float
+    mask_thresh: float
+    detections_per_img: int
+    rpn_pre_nms_top_n_test: int
+    rpn_post_nms_top_n_test: int
+    rpn_pre_nms_top_n_train: int
+    rpn_post_nms_top_n_train: int
+    box_batch_size_per_image: int
+    min_size: int
+    max_size: int
+
+    def __post_init__(self) -> None:
+        _check(self.lr > 0, "model.lr", "a number > 0")
+        for key in ("score_thresh", "nms_thresh", "mask_thresh"):
+            _check(0 <= getattr(self, key) <= 1, f"model.{key}", "a fraction in [0, 1]")
+        _check(
+            0 < self.min_size <= self.max_size,
+            "model.min_size/max_size",
+            "integers with 0 < min_size <= max_size",
+        )
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    hflip: bool
+    vflip: bool
+    rot90: bool
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Shared by both training stages."""
+
+    device: Literal["auto", "cpu", "cuda"]
+    amp: bool  # mixed precision on CUDA (ignored on CPU)
+    warmup_steps: int
+    grad_clip: float  # max gradient norm; 0 = off
+    max_tiles_per_epoch: int  # 0 = all training tiles each epoch
+    max_val_tiles: int  # 0 = all validation tiles
+    val_score_thresh: float
+    val_detections_per_tile: int  # caps an untrained model's flood of low-score detections
+    augment: AugmentConfig
+
+    def __post_init__(self) -> None:
+        _check(self.warmup_steps >= 0, "train.warmup_steps", "an integer >= 0")
+        _check(self.grad_clip >= 0, "train.grad_clip", "a number >= 0 (0 = off)")
+        _check(self.max_tiles_per_epoch >= 0, "train.max_tiles_per_epoch", "an integer >= 0")
+        _check(self.max_val_tiles >= 0, "train.max_val_tiles", "an integer >= 0")
+
+
+@dataclass(frozen=True)
+class TransferConfig:
+    weights: str  # "coco" | "none" | path to a COCO-layout state dict
+    epochs_frozen: int
+    epochs_unfrozen: int
+    unfrozen_lr_ratio: float  # phase-2 lr = model.lr * this
+    momentum: float
+    weight_decay: float
+    batch_size: int
+
+    def __post_init__(self) -> None:
+        _check(
+            self.epochs_frozen >= 0
+            and self.epochs_unfrozen >= 0
+            and self.epochs_frozen + self.epochs_unfrozen >= 1,
+            "transfer.epochs_frozen/epochs_unfrozen",
+            "integers >= 0, at least one epoch in all",
+        )
+        _check(self.batch_size >= 1, "transfer.batch_size", "an integer >= 1")
+
+
+@dataclass(frozen=True)
+class CustomConfig:
+    lr: float
+    weight_decay: float
+    step_size: int  # StepLR period, epochs
+    gamma: float
+    epochs: int
+    batch_size: int
+
+    def __post_init__(self) -> None:
+        _check(self.lr > 0, "custom.lr", "a number > 0")
+        _check(self.epochs >= 1, "custom.epochs", "an integer >= 1")
+        _check(self.batch_size >= 1, "custom.batch_size", "an integer >= 1")
+        _check(self.step_size >= 0, "custom.step_size", "an integer >= 0 (0 = constant lr)")
+
+
+@dataclass(frozen=True)
 class Params:
     seed: int
     workers: int  # processes for per-image work; 0 = one per CPU. Outputs do not depend on it.
@@ -106,6 +199,10 @@ class Params:
     subset: SubsetConfig
     split: SplitConfig
     tile: TileConfig
+    model: ModelConfig
+    train: TrainConfig
+    transfer: TransferConfig
+    custom: CustomConfig
 
     def __post_init__(self) -> None:
         _check(self.workers >= 0, "workers", "an integer >= 0 (0: one per CPU)")

@@ -1,0 +1,23 @@
+"""Mask R-CNN models, composed from torchvision parts.
+
+`build_model("transfer" | "custom", ...)` returns a torchvision `MaskRCNN` with 2 classes
+(background, cell). See ../shared/DESIGN.md, "Models", for the numbers tested here.
+"""
+
+from livecellseg.models.build import (
+    InferenceSettings,
+    TrainSettings,
+    build_model,
+    load_transfer_weights,
+    parameter_table,
+    set_backbone_frozen,
+)
+
+__all__ = [
+    "InferenceSettings",
+    "TrainSettings",
+    "build_model",
+    "load_transfer_weights",
+    "parameter_table",
+    "set_backbone_frozen",
+]
