@@ -64,3 +64,70 @@ def make_livecell_root(
 @pytest.fixture
 def livecell_root(tmp_path) -> Path:
     return make_livecell_root(tmp_path / "raw")
+
+
+def make_tiles(
+    out: Path, *, n_images: int = 6, width: int = 140, height: int = 105, seed: int = 0
+) -> Path:
+    """A tile-stage output (train/val/test JSON + tile TIFFs) from small sample images."""
+    from livecellseg.tileset import tile_split
+
+    docs = {
+        s: {"images": [], "annotations": [], "categories": [{"id": 1, "name": "cell"}]}
+        for s in ("train", "val", "test")
+    }
+    images_dir = out / "_images"
+    images_dir.mkdir(parents=True)
+    for i, (name, line, image, polys) in enumerate(
+        generate(
+            n_images=n_images,
+            empty_images=0,
+            cell_lines=("BV2", "SkBr3"),
+            width=width,
+            height=height,
+            seed=seed,
+        )
+    ):
+        split = "train" if i < n_images - 2 else ("val", "test")[i % 2]
+        write_gray(images_dir / name, image)
+        doc = docs[split]
+        doc["images"].append(
+            {"id": i + 1, "file_name": name, "width": width, "height": height, "cell_line": line}
+        )
+        for p in polys:
+            doc["annotations"].append(
+                polygon_annotation(100 * i + len(doc["annotations"]), i + 1, p)
+            )
+    import json
+
+    for split, doc in docs.items():
+        tiles, _ = tile_split(doc, images_dir, out / split, grid=7, window=3, min_visible=0.3)
+        (out / f"{split}.json").write_text(json.dumps(tiles))
+    return out
+
+
+def tiny_train_params(raw: dict, **overrides) -> dict:
+    """params.yaml made tiny: small input scale, few tiles, one or two epochs."""
+    p = copy.deepcopy(raw)
+    p["workers"] = 1
+    p["model"].update(
+        min_size=64,
+        max_size=96,
+        rpn_pre_nms_top_n_train=300,
+        rpn_post_nms_top_n_train=100,
+        rpn_pre_nms_top_n_test=300,
+        rpn_post_nms_top_n_test=100,
+        box_batch_size_per_image=64,
+    )
+    p["train"].update(
+        max_tiles_per_epoch=4,
+        max_val_tiles=4,
+        warmup_steps=2,
+        device="cpu",
+        val_detections_per_tile=20,
+    )
+    p["custom"].update(epochs=2, batch_size=2)
+    p["transfer"].update(epochs_frozen=1, epochs_unfrozen=1, weights="none")
+    for section, values in overrides.items():
+        p[section].update(values)
+    return p

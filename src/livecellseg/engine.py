@@ -268,8 +268,8 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
 def versions() -> dict[str, str]:
     return {
         "livecellseg": livecellseg.__version__,
-        "torch": torch.__version__,
-        "torchvision": torchvision.__version__,
+        "torch": str(torch.__version__),
+        "torchvision": str(torchvision.__version__),
     }
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from livecellseg.config import Params
 from livecellseg.datasets import TileDataset
-from livecellseg.engine import FitConfig, Phase, fit
+from livecellseg.engine import FitConfig, Phase, fit, seed_everything
 from livecellseg.models import InferenceSettings, TrainSettings, build_model
 
 
@@ -105,6 +105,7 @@ def train_model(
         tiles / "val.json", tiles / "val", seed=params.seed, limit=cfg.max_val_tiles
     )
     inference, sampling = model_settings(params)
+    seed_everything(params.seed)  # the initial weights too
     weights = params.transfer.weights if name == "transfer" else "none"
     model, pretrained = build_model(name, weights=weights, inference=inference, train=sampling)
     section = params.transfer if name == "transfer" else params.custom
