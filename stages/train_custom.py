@@ -1,6 +1,6 @@
 """train_custom: ResNet-18 + CBAM + FPN Mask R-CNN from scratch.
 
-Scale out: torchrun --nproc_per_node=N -m stages.train_custom <same arguments>
+Scale out: torchrun --standalone --nproc_per_node=N -m stages.train_custom <same arguments>
 """
 
 from stages.train import run

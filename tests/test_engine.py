@@ -1,0 +1,170 @@
+"""Tiny training runs: determinism, resume after an interruption, non-finite loss, DDP."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+import yaml
+
+from livecellseg import engine
+from livecellseg.config import parse_params
+from livecellseg.errors import LivecellsegError
+from livecellseg.training import train_model
+from tests.conftest import ROOT, make_tiles, tiny_train_params
+
+
+@pytest.fixture(scope="module")
+def tiles(tmp_path_factory):
+    return make_tiles(tmp_path_factory.mktemp("tiles"))
+
+
+def _train(tiles, out, params, name="custom", resume=True):
+    return train_model(
+        name,
+        parse_params(params),
+        tiles=tiles,
+        best=out / f"{name}.pt",
+        last=out / f"{name}_last.pt",
+        live_dir=out / "live",
+        resume=resume,
+    )
+
+
+def _weights(path):
+    return torch.load(path, weights_only=True)["model"]
+
+
+def _same_weights(a, b):
+    return all(torch.equal(a[k], b[k]) for k in a) and a.keys() == b.keys()
+
+
+def test_two_runs_give_identical_metrics_and_weights(tiles, tmp_path, raw_params):
+    params = tiny_train_params(raw_params)
+    s1 = _train(tiles, tmp_path / "a", params)
+    _train(tiles, tmp_path / "b", params)
+    m1 = (tmp_path / "a/live/metrics.json").read_text()
+    assert m1 == (tmp_path / "b/live/metrics.json").read_text()
+    assert _same_weights(
+        _weights(tmp_path / "a/custom_last.pt"), _weights(tmp_path / "b/custom_last.pt")
+    )
+    assert s1["epochs_done"] == 2 and s1["params"]["all_total"] == 30_958_337
+    ckpt = torch.load(tmp_path / "a/custom_last.pt", weights_only=True)
+    assert {"model", "optimizer", "scheduler", "epoch", "params", "versions"} <= set(ckpt)
+    assert ckpt["versions"]["torch"] == torch.__version__
+    assert (tmp_path / "a/live/plots/metrics/batch/loss_mask.tsv").exists()
+    assert (tmp_path / "a/live/plots/metrics/epoch/time_s.tsv").exists()
+    assert "time_s" not in json.loads(m1)["epoch"]  # run-to-run noise stays out of metrics
+
+
+def test_interrupted_run_resumes_to_the_same_result(tiles, tmp_path, raw_params, monkeypatch):
+    params = tiny_train_params(raw_params)
+    _train(tiles, tmp_path / "full", params)
+
+    real = engine.train_one_epoch
+    calls = {"n": 0}
+
+    def dies_in_epoch_two(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(engine, "train_one_epoch", dies_in_epoch_two)
+    with pytest.raises(KeyboardInterrupt):
+        _train(tiles, tmp_path / "cut", params)
+    assert torch.load(tmp_path / "cut/custom_last.pt", weights_only=True)["epoch"] == 1
+    monkeypatch.setattr(engine, "train_one_epoch", real)
+    summary = _train(tiles, tmp_path / "cut", params)
+    assert summary["epochs_done"] == 2
+    assert _same_weights(
+        _weights(tmp_path / "full/custom_last.pt"), _weights(tmp_path / "cut/custom_last.pt")
+    )
+    rows = (tmp_path / "cut/live/plots/metrics/epoch/train_loss.tsv").read_text().splitlines()
+    assert len(rows) == 3  # header + the epoch before and the epoch after the interruption
+
+    # other params: the stale checkpoint is not continued
+    changed = tiny_train_params(raw_params, custom={"lr": 5e-4})
+    assert _train(tiles, tmp_path / "cut", changed)["epochs_done"] == 2
+
+
+def test_transfer_two_phases_offline(tiles, tmp_path, raw_params):
+    params = tiny_train_params(raw_params)
+    summary = _train(tiles, tmp_path, params, name="transfer")
+    assert summary["pretrained"] is False
+    assert summary["params"]["all_total"] == 43_922_395
+    assert summary["params"]["all_trainable"] == 43_699_995  # after phase 2 unfroze it
+    ckpt = torch.load(tmp_path / "transfer_last.pt", weights_only=True)
+    assert ckpt["phase"] == 1 and ckpt["epoch"] == 2
+
+
+def test_non_finite_loss_stops_with_a_message():
+    class Exploding(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.ones(1))
+
+        def forward(self, images, targets):
+            return {"loss_mask": self.w * float("nan")}
+
+    model = Exploding()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
+    batch = ([torch.zeros(3, 4, 4)], [{"boxes": torch.zeros(0, 4)}])
+    with pytest.raises(
+        engine.NonFiniteLoss, match="non-finite loss nan .* lower the learning rate"
+    ):
+        engine.train_one_epoch(
+            model, opt, sched, [batch], torch.device("cpu"), scaler=None, grad_clip=1.0
+        )
+
+
+def test_corrupt_and_foreign_checkpoints(tmp_path):
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"not a checkpoint")
+    with pytest.raises(LivecellsegError, match="not a readable checkpoint"):
+        engine.load_checkpoint(bad)
+    torch.save({"weights": torch.zeros(1)}, tmp_path / "other.pt")
+    with pytest.raises(LivecellsegError, match="not a livecellseg checkpoint"):
+        engine.load_checkpoint(tmp_path / "other.pt")
+    torch.save({"model": {}, "format": engine.CHECKPOINT_FORMAT + 1}, tmp_path / "new.pt")
+    with pytest.raises(LivecellsegError, match="newer than this livecellseg"):
+        engine.load_checkpoint(tmp_path / "new.pt")
+
+
+def test_ddp_two_cpu_processes(tiles, tmp_path, raw_params):
+    params = tiny_train_params(raw_params, custom={"epochs": 1})
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    out = tmp_path / "out"
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node=2",
+            "-m",
+            "stages.train_custom",
+            "--params",
+            str(tmp_path / "params.yaml"),
+            "--tiles",
+            str(tiles),
+            "--out",
+            str(out / "custom.pt"),
+            "--last",
+            str(out / "custom_last.pt"),
+            "--live",
+            str(out / "live"),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert torch.load(out / "custom.pt", weights_only=True)["epoch"] == 1
+    assert json.loads((out / "live/metrics.json").read_text())["epochs_done"] == 1
+    assert r.stderr.count("epoch 1/1 (phase 1)") == 1  # logged by rank 0 only
