@@ -5,6 +5,7 @@
 """
 
 from livecellseg.models.build import (
+    MODEL_NAMES,
     InferenceSettings,
     TrainSettings,
     build_model,
@@ -14,6 +15,7 @@ from livecellseg.models.build import (
 )
 
 __all__ = [
+    "MODEL_NAMES",
     "InferenceSettings",
     "TrainSettings",
     "build_model",

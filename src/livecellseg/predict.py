@@ -1,0 +1,121 @@
+"""Inference on whole images: the 25 tiles batched through the model and stitched, or one pass.
+
+`Predictor` loads a checkpoint once and segments 2-D uint8 images of any size; its output is
+in full-image coordinates (RLE masks) either way, so evaluation, the CLI and the app share it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+from pycocotools import mask as mask_utils
+
+from livecellseg.datasets import gray_to_tensor
+from livecellseg.engine import load_checkpoint
+from livecellseg.errors import LivecellsegError
+from livecellseg.models import MODEL_NAMES, InferenceSettings, build_model
+from livecellseg.stitch import ImageDetections, StitchCounts, TileDetections, stitch, whole_image
+from livecellseg.tiling import tile_windows
+
+Mode = Literal["stitched", "whole"]
+
+
+@dataclass(frozen=True)
+class StitchSettings:
+    mode: Mode = "stitched"
+    grid: int = 7
+    window: int = 3
+    min_owned: float = 0.4
+    nms_iou: float = 0.5
+    batch_size: int = 5  # tiles per forward pass
+    mask_thresh: float = 0.5
+
+
+def load_model(
+    path: str | Path, inference: InferenceSettings, device: torch.device
+) -> tuple[torch.nn.Module, dict]:
+    """A trained model in eval mode from a livecellseg checkpoint (weights_only loading)."""
+    ckpt = load_checkpoint(Path(path))
+    name = ckpt.get("name")
+    if name not in MODEL_NAMES:
+        raise LivecellsegError(f"{path}: checkpoint names no known model ({name!r})")
+    model, _ = build_model(name, weights="none", inference=inference)
+    try:
+        model.load_state_dict(ckpt["model"])
+    except RuntimeError:
+        raise LivecellsegError(
+            f"{path}: weights do not fit the {name} model (a checkpoint of another "
+            "architecture or version); retrain or pass the right checkpoint"
+        ) from None
+    return model.to(device).eval(), ckpt
+
+
+class Predictor:
+    """Segments images with one model; stitched (25 tiles) or whole-image inference."""
+
+    def __init__(self, model: torch.nn.Module, device: torch.device, settings: StitchSettings):
+        self.model, self.device, self.s = model, device, settings
+
+    @torch.inference_mode()
+    def forward(self, images: list[np.ndarray]) -> list[TileDetections]:
+        """Model outputs for a batch of gray images: bool masks (n, h, w) and scores."""
+        outputs = self.model([gray_to_tensor(im).to(self.device) for im in images])
+        return [
+            TileDetections(
+                (out["masks"][:, 0] > self.s.mask_thresh).cpu().numpy(),
+                out["scores"].float().cpu().numpy(),
+            )
+            for out in outputs
+        ]
+
+    def __call__(
+        self, image: np.ndarray, mode: Mode | None = None
+    ) -> tuple[ImageDetections, StitchCounts]:
+        mode = mode or self.s.mode
+        h, w = image.shape
+        if mode == "whole":
+            transform = self.model.transform
+            saved = transform.min_size, transform.max_size
+            transform.min_size, transform.max_size = (min(h, w),), max(h, w)  # native scale
+            try:
+                (det,) = self.forward([image])
+            finally:
+                transform.min_size, transform.max_size = saved
+            return whole_image(det.masks, det.scores)
+        windows = tile_windows(h, w, self.s.grid, self.s.window)
+        crops = [image[win.y0 : win.y1, win.x0 : win.x1] for win in windows]
+        tiles: list[TileDetections] = []
+        for i in range(0, len(crops), self.s.batch_size):
+            tiles.extend(self.forward(crops[i : i + self.s.batch_size]))
+        return stitch(
+            tiles,
+            h,
+            w,
+            grid=self.s.grid,
+            window=self.s.window,
+            min_owned=self.s.min_owned,
+            nms_iou=self.s.nms_iou,
+        )
+
+
+def to_coco_results(image_id: int, det: ImageDetections) -> list[dict]:
+    """COCO results entries (RLE masks, str counts) for one image, best score first."""
+    if not det.rles:
+        return []
+    boxes = mask_utils.toBbox(det.rles)
+    areas = mask_utils.area(det.rles)
+    return [
+        {
+            "image_id": image_id,
+            "category_id": 1,
+            "segmentation": {"size": list(rle["size"]), "counts": rle["counts"].decode("ascii")},
+            "score": round(float(score), 5),
+            "bbox": [round(float(v), 2) for v in box],
+            "area": int(area),
+        }
+        for rle, score, box, area in zip(det.rles, det.scores, boxes, areas, strict=True)
+    ]
