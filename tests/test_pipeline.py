@@ -111,3 +111,42 @@ def test_real_livecell_path_from_a_local_server(project, tmp_path):
     assert "data.dvc" not in _sh(["dvc", "status", "data.dvc"], project).replace(
         "Data and pipelines are up to date.", ""
     )
+
+
+def test_full_pipeline_and_an_experiment(tmp_path, raw_params):
+    """dvc repro through evaluate on a tiny profile, then `dvc exp run -S model.lr=1e-4`:
+    exp show, metrics diff and plots diff all see both runs; only transfer reruns."""
+    from tests.conftest import tiny_train_params
+    from tests.test_plots_offline import CHROMIUM, rendered_plots
+
+    p = _copy_project(tmp_path)
+    tiny = tiny_train_params(raw_params)
+    _set_params(
+        p,
+        sample={"n_images": 6, "empty_images": 1, "cell_lines": ["A172", "BV2"]},
+        **{k: tiny[k] for k in ("model", "train", "transfer", "custom")},
+    )
+    _sh(["dvc", "repro"], p)
+    for name in ("transfer", "custom"):
+        m = json.loads((p / f"metrics/{name}.json").read_text())
+        assert m["gt"] > 0 and {"f1", "miou", "ap", "ap50", "per_cell_line"} <= set(m)
+        results = json.loads((p / f"predictions/{name}.json").read_text())
+        assert isinstance(results, list)
+        assert (p / f"plots/{name}/precision_recall.csv").exists()
+        assert len(list((p / f"plots/{name}/overlays").glob("*.png"))) == 1  # 1 test image
+    _sh(["git", "add", "-A"], p)
+    _sh(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "base"], p)
+
+    out = _sh(["dvc", "exp", "run", "-S", "model.lr=1e-4"], p)
+    assert "Running stage 'train_transfer'" in out
+    assert "Running stage 'train_custom'" not in out  # custom does not read model.lr
+    shown = _sh(["dvc", "exp", "show", "--no-pager", "--csv"], p)
+    assert "0.0001" in shown and "0.005" in shown
+    _sh(["dvc", "metrics", "diff", "HEAD", "--all"], p)
+    _sh(["dvc", "params", "diff", "HEAD"], p)
+    _sh(["dvc", "plots", "diff", "HEAD", "-o", "plots_html"], p)
+    html = (p / "plots_html/index.html").read_text()
+    assert "HEAD" in html and "workspace" in html
+    if CHROMIUM:
+        drawn = rendered_plots(p / "plots_html/index.html")
+        assert drawn["errors"] == [] and drawn["plots"] >= 6 and drawn["images"] >= 2

@@ -191,6 +191,33 @@ class CustomConfig:
 
 
 @dataclass(frozen=True)
+class StitchConfig:
+    """stitch_predict: how test images are segmented."""
+
+    mode: Literal["stitched", "whole"]  # 25 tiles + stitching, or one pass on the whole image
+    min_owned: float  # keep a tile's detection if more than this share lies in owned mini-tiles
+    nms_iou: float  # cross-tile mask-IoU NMS threshold
+    batch_size: int  # tiles per forward pass
+
+    def __post_init__(self) -> None:
+        _check(0 <= self.min_owned <= 1, "stitch.min_owned", "a fraction in [0, 1]")
+        _check(0 < self.nms_iou <= 1, "stitch.nms_iou", "a number in (0, 1]")
+        _check(self.batch_size >= 1, "stitch.batch_size", "an integer >= 1")
+
+
+@dataclass(frozen=True)
+class EvaluateConfig:
+    score_thresh: float  # seed metrics count predictions above this score (AP uses all)
+    iou_thresh: float  # a prediction matches a cell at mask IoU >= this
+    overlays: int  # overlay PNGs written per model (first test images)
+
+    def __post_init__(self) -> None:
+        _check(0 <= self.score_thresh <= 1, "evaluate.score_thresh", "a fraction in [0, 1]")
+        _check(0 < self.iou_thresh <= 1, "evaluate.iou_thresh", "a number in (0, 1]")
+        _check(self.overlays >= 0, "evaluate.overlays", "an integer >= 0")
+
+
+@dataclass(frozen=True)
 class Params:
     seed: int
     workers: int  # processes for per-image work; 0 = one per CPU. Outputs do not depend on it.
@@ -203,6 +230,8 @@ class Params:
     train: TrainConfig
     transfer: TransferConfig
     custom: CustomConfig
+    stitch: StitchConfig
+    evaluate: EvaluateConfig
 
     def __post_init__(self) -> None:
         _check(self.workers >= 0, "workers", "an integer >= 0 (0: one per CPU)")

@@ -6,6 +6,7 @@ in full-image coordinates (RLE masks) either way, so evaluation, the CLI and the
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -78,13 +79,8 @@ class Predictor:
         mode = mode or self.s.mode
         h, w = image.shape
         if mode == "whole":
-            transform = self.model.transform
-            saved = transform.min_size, transform.max_size
-            transform.min_size, transform.max_size = (min(h, w),), max(h, w)  # native scale
-            try:
+            with _whole_image_settings(self.model, h, w, (self.s.grid / self.s.window) ** 2):
                 (det,) = self.forward([image])
-            finally:
-                transform.min_size, transform.max_size = saved
             return whole_image(det.masks, det.scores)
         windows = tile_windows(h, w, self.s.grid, self.s.window)
         crops = [image[win.y0 : win.y1, win.x0 : win.x1] for win in windows]
@@ -100,6 +96,23 @@ class Predictor:
             min_owned=self.s.min_owned,
             nms_iou=self.s.nms_iou,
         )
+
+
+@contextlib.contextmanager
+def _whole_image_settings(model, height: int, width: int, scale: float):
+    """Native input scale, and proposal/detection budgets scaled from a tile to the image."""
+    t, rpn, heads = model.transform, model.rpn, model.roi_heads
+    saved = (t.min_size, t.max_size, dict(rpn._pre_nms_top_n), dict(rpn._post_nms_top_n))
+    saved_dets = heads.detections_per_img
+    t.min_size, t.max_size = (min(height, width),), max(height, width)
+    for budget in (rpn._pre_nms_top_n, rpn._post_nms_top_n):
+        budget["testing"] = round(budget["testing"] * scale)
+    heads.detections_per_img = round(saved_dets * scale)
+    try:
+        yield
+    finally:
+        t.min_size, t.max_size, rpn._pre_nms_top_n, rpn._post_nms_top_n = saved
+        heads.detections_per_img = saved_dets
 
 
 def to_coco_results(image_id: int, det: ImageDetections) -> list[dict]:

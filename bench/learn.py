@@ -1,0 +1,111 @@
+"""Benchmark: do the models learn? Train both on the sample with a longer CPU profile, then
+segment the test images (stitched) and print test F1/mIoU/AP per model as JSON.
+
+The profile (below, or --set section.key=value) is params.yaml with more tiles and epochs;
+outputs go to a temporary directory, the project's models and metrics are not touched.
+Needs the tile stage's output (dvc repro tile). Target on the sample: F1 >= 0.8 for one model.
+
+    python bench/learn.py [--models transfer custom] [--set custom.epochs=6 ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+
+# About 25 minutes per model on 2 CPU cores.
+PROFILE = {
+    "train": {"max_tiles_per_epoch": 160, "max_val_tiles": 32, "warmup_steps": 50},
+    "transfer": {"epochs_frozen": 2, "epochs_unfrozen": 3},
+    "custom": {"epochs": 6, "lr": 3e-4, "step_size": 4},
+}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--models", nargs="+", default=["custom", "transfer"])
+    p.add_argument("--set", nargs="*", default=[], help="section.key=value overrides")
+    p.add_argument("--tiles", type=Path, default=Path("data/tiles"))
+    p.add_argument("--split", type=Path, default=Path("data/split/test.json"))
+    p.add_argument("--images", type=Path, default=Path("data/subset/images"))
+    args = p.parse_args()
+
+    import torch
+
+    from livecellseg.config import parse_params
+    from livecellseg.engine import pick_device
+    from livecellseg.evaluation import evaluate
+    from livecellseg.images import read_gray
+    from livecellseg.predict import Predictor, StitchSettings, load_model, to_coco_results
+    from livecellseg.training import model_settings, train_model
+
+    raw = yaml.safe_load(Path("params.yaml").read_text())
+    for section, values in PROFILE.items():
+        raw[section].update(values)
+    for item in args.set:
+        key, value = item.split("=", 1)
+        section, name = key.split(".", 1)
+        raw[section][name] = yaml.safe_load(value)
+    params = parse_params(raw)
+    gt = json.loads(args.split.read_text())
+    device = pick_device(params.train.device)
+    report = {"benchmark": "learn", "profile": PROFILE, "overrides": args.set}
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in args.models:
+            out = Path(tmp) / name
+            t = time.perf_counter()
+            summary = train_model(
+                name,
+                params,
+                tiles=args.tiles,
+                best=out / "best.pt",
+                last=out / "last.pt",
+                live_dir=out / "live",
+                resume=False,
+            )
+            train_s = time.perf_counter() - t
+            rows = (out / "live/plots/metrics/epoch/val_f1.tsv").read_text().splitlines()
+            val_f1 = [float(row.split("\t")[-1]) for row in rows[1:]]
+            inference, _ = model_settings(params)
+            model, _ = load_model(out / "best.pt", inference, device)
+            s = params.stitch
+            predict = Predictor(
+                model,
+                device,
+                StitchSettings(
+                    min_owned=s.min_owned,
+                    nms_iou=s.nms_iou,
+                    batch_size=s.batch_size,
+                    mask_thresh=params.model.mask_thresh,
+                ),
+            )
+            results = []
+            t = time.perf_counter()
+            for im in gt["images"]:
+                det, _ = predict(read_gray(args.images / im["file_name"]))
+                results.extend(to_coco_results(im["id"], det))
+            predict_s = time.perf_counter() - t
+            metrics, _ = evaluate(gt, results)
+            overall = metrics["overall"]
+            report[name] = {
+                "pretrained": summary["pretrained"],
+                "train_s": round(train_s),
+                "val_f1_per_epoch": val_f1,
+                "test": {k: round(v, 4) for k, v in overall.items()},
+                "predict_s_per_image": round(predict_s / len(gt["images"]), 2),
+            }
+            print(f"{name}: {report[name]}", file=sys.stderr)
+            del model
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+    print(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,88 @@
+"""evaluate: seed metrics and COCO mask AP of a model's stitched predictions, plots."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+from livecellseg.coco import to_rle
+from livecellseg.evaluation import cell_line, evaluate
+from livecellseg.images import read_gray
+from livecellseg.io import atomic_dir, write_csv, write_json
+from livecellseg.visualize import overlay, save_png
+from stages.common import run_stage
+
+log = logging.getLogger("stages.evaluate")
+COLUMNS = ("f1", "precision", "recall", "miou", "ap", "ap50", "ap75", "gt", "pred", "tp")
+
+
+def main(params, args) -> None:
+    cfg = params.evaluate
+    gt = json.loads(args.split.read_text())
+    results = json.loads(args.predictions.read_text())
+    metrics, curves = evaluate(
+        gt, results, score_thresh=cfg.score_thresh, iou_thresh=cfg.iou_thresh
+    )
+    overall = metrics.pop("overall")
+    lines = dict(sorted(metrics.items()))
+    write_json(args.metrics, overall | {"per_cell_line": lines})
+    with atomic_dir(args.plots) as out:
+        write_csv(
+            out / "cell_lines.csv",
+            [{"cell_line": k} | {c: v[c] for c in COLUMNS} for k, v in lines.items()],
+        )
+        write_csv(
+            out / "precision_recall.csv",
+            [
+                {"recall": round(i / 100, 2), "precision": float(p)}
+                for i, p in enumerate(curves["overall"])
+                if p >= 0
+            ],
+        )
+        _overlays(gt, results, args.images, out / "overlays", cfg)
+    log.info(
+        "%s: F1 %.4f (P %.4f, R %.4f), mIoU %.4f, mask AP %.4f (AP50 %.4f); %d cells, %d "
+        "predictions above %.2f -> %s",
+        args.predictions,
+        overall["f1"],
+        overall["precision"],
+        overall["recall"],
+        overall["miou"],
+        overall["ap"],
+        overall["ap50"],
+        overall["gt"],
+        overall["pred"],
+        cfg.score_thresh,
+        args.metrics,
+    )
+
+
+def _overlays(gt, results, images_dir: Path, out: Path, cfg) -> None:
+    """Outlines of GT (green) and predictions (magenta) on the first test images."""
+    out.mkdir()
+    for im in gt["images"][: cfg.overlays]:
+        h, w = im["height"], im["width"]
+        image = read_gray(images_dir / im["file_name"], size=(w, h))
+        truth = [
+            to_rle(a["segmentation"], h, w) for a in gt["annotations"] if a["image_id"] == im["id"]
+        ]
+        pred = [
+            r["segmentation"]
+            for r in results
+            if r["image_id"] == im["id"] and r["score"] > cfg.score_thresh
+        ]
+        name = f"{cell_line(im)}_{im['id']}.png"
+        save_png(out / name, overlay(image, pred, truth))
+
+
+def add_args(parser) -> None:
+    parser.add_argument("--predictions", type=Path, required=True, help="COCO results JSON")
+    parser.add_argument("--split", type=Path, required=True, help="ground truth COCO JSON")
+    parser.add_argument("--images", type=Path, required=True, help="directory of the images")
+    parser.add_argument("--metrics", type=Path, required=True, help="metrics JSON to write")
+    parser.add_argument("--plots", type=Path, required=True, help="plots directory to write")
+
+
+if __name__ == "__main__":
+    run_stage("evaluate", add_args, main)

@@ -1,0 +1,86 @@
+"""stitch_predict: segment the test images with a trained model (25 tiles + stitching, or whole)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+from tqdm import tqdm
+
+from livecellseg.engine import pick_device
+from livecellseg.evaluation import cell_line
+from livecellseg.images import read_gray
+from livecellseg.io import write_csv, write_json
+from livecellseg.predict import Predictor, StitchSettings, load_model, to_coco_results
+from livecellseg.stitch import StitchCounts
+from livecellseg.training import model_settings
+from stages.common import run_stage
+
+log = logging.getLogger("stages.stitch_predict")
+
+
+def main(params, args) -> None:
+    device = pick_device(params.train.device)
+    inference, _ = model_settings(params)
+    model, ckpt = load_model(args.checkpoint, inference, device)
+    s = params.stitch
+    settings = StitchSettings(
+        mode=s.mode,
+        grid=params.tile.grid,
+        window=params.tile.window,
+        min_owned=s.min_owned,
+        nms_iou=s.nms_iou,
+        batch_size=s.batch_size,
+        mask_thresh=params.model.mask_thresh,
+    )
+    predict = Predictor(model, device, settings)
+    images = json.loads(args.split.read_text())["images"]
+    log.info(
+        "%s (epoch %s, val F1 %.3f) on %d images, %s mode, %s",
+        args.checkpoint,
+        ckpt["epoch"],
+        ckpt["val"]["f1"],
+        len(images),
+        s.mode,
+        device,
+    )
+    results, rows, total = [], [], StitchCounts()
+    t0 = time.perf_counter()
+    for im in tqdm(images, desc=f"predict {ckpt['name']}", unit="img"):
+        image = read_gray(args.images / im["file_name"], size=(im["width"], im["height"]))
+        det, counts = predict(image)
+        results.extend(to_coco_results(im["id"], det))
+        total.add(counts)
+        rows.append(
+            {"image_id": im["id"], "file_name": im["file_name"], "cell_line": cell_line(im)}
+            | asdict(counts)
+        )
+    wall = time.perf_counter() - t0
+    write_json(args.out, results, indent=None)
+    write_csv(args.counts, rows)
+    log.info(
+        "%d detections kept of %d (not owned %d, cross-tile duplicates %d, empty %d); "
+        "%.2f s per image -> %s",
+        total.kept,
+        total.raw,
+        total.not_owned,
+        total.duplicates,
+        total.empty,
+        wall / max(len(images), 1),
+        args.out,
+    )
+
+
+def add_args(parser) -> None:
+    parser.add_argument("--checkpoint", type=Path, required=True, help="trained model (.pt)")
+    parser.add_argument("--split", type=Path, required=True, help="COCO JSON of the images")
+    parser.add_argument("--images", type=Path, required=True, help="directory of the images")
+    parser.add_argument("--out", type=Path, required=True, help="COCO results JSON to write")
+    parser.add_argument("--counts", type=Path, required=True, help="per-image counts CSV")
+
+
+if __name__ == "__main__":
+    run_stage("stitch_predict", add_args, main)

@@ -1,0 +1,86 @@
+"""Predictor on a tiny untrained model: full-image outputs in both modes, COCO results, errors."""
+
+import contextlib
+import io
+
+import numpy as np
+import pytest
+import torch
+from pycocotools.coco import COCO
+
+from livecellseg.engine import CHECKPOINT_FORMAT
+from livecellseg.errors import LivecellsegError
+from livecellseg.models import InferenceSettings, build_model
+from livecellseg.predict import Predictor, StitchSettings, load_model, to_coco_results
+from livecellseg.sample import generate
+
+TINY = InferenceSettings(
+    score_thresh=0.0,  # an untrained model: keep everything so there is something to stitch
+    detections_per_img=30,
+    rpn_pre_nms_top_n=100,
+    rpn_post_nms_top_n=50,
+    min_size=64,
+    max_size=96,
+)
+
+
+@pytest.fixture(scope="module")
+def image():
+    (_, _, img, _), *_ = generate(
+        n_images=1, empty_images=0, cell_lines=("BV2",), width=176, height=130, seed=1
+    )
+    return img
+
+
+@pytest.fixture(scope="module")
+def predictor():
+    torch.manual_seed(0)
+    model, _ = build_model("custom", inference=TINY)
+    return Predictor(model.eval(), torch.device("cpu"), StitchSettings(batch_size=7))
+
+
+@pytest.mark.parametrize("mode", ["stitched", "whole"])
+def test_predictions_are_whole_image_rles_readable_by_pycocotools(predictor, image, mode):
+    det, counts = predictor(image, mode)
+    assert counts.kept == len(det.rles) == len(det.scores) > 0
+    assert all(tuple(r["size"]) == image.shape for r in det.rles)
+    results = to_coco_results(7, det)
+    gt = COCO()
+    gt.dataset = {
+        "images": [{"id": 7, "height": image.shape[0], "width": image.shape[1]}],
+        "annotations": [],
+        "categories": [{"id": 1, "name": "cell"}],
+    }
+    with contextlib.redirect_stdout(io.StringIO()):
+        gt.createIndex()
+        loaded = gt.loadRes(results)
+    assert len(loaded.getAnnIds()) == len(results)
+    assert all(r["area"] > 0 and r["bbox"][2] > 0 for r in results)
+    assert results == sorted(results, key=lambda r: -r["score"])  # best first
+
+
+def test_stitched_batching_does_not_change_the_result(predictor, image):
+    a, _ = predictor(image, "stitched")
+    one = Predictor(predictor.model, predictor.device, StitchSettings(batch_size=1))
+    b, _ = one(image, "stitched")
+    assert len(a.rles) == len(b.rles)
+    np.testing.assert_allclose(a.scores, b.scores, atol=1e-4)
+
+
+def test_whole_mode_restores_the_model_settings(predictor, image):
+    before = (predictor.model.transform.min_size, dict(predictor.model.rpn._post_nms_top_n))
+    predictor(image, "whole")
+    assert (predictor.model.transform.min_size, dict(predictor.model.rpn._post_nms_top_n)) == before
+
+
+def test_load_model_rejects_a_checkpoint_of_the_other_model(tmp_path):
+    model, _ = build_model("custom", inference=TINY)
+    torch.save(
+        {"format": CHECKPOINT_FORMAT, "name": "transfer", "model": model.state_dict()},
+        tmp_path / "x.pt",
+    )
+    with pytest.raises(LivecellsegError, match="do not fit the transfer model"):
+        load_model(tmp_path / "x.pt", TINY, torch.device("cpu"))
+    torch.save({"format": CHECKPOINT_FORMAT, "name": "unet", "model": {}}, tmp_path / "y.pt")
+    with pytest.raises(LivecellsegError, match="names no known model"):
+        load_model(tmp_path / "y.pt", TINY, torch.device("cpu"))
