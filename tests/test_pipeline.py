@@ -126,6 +126,9 @@ def test_full_pipeline_and_an_experiment(tmp_path, raw_params):
         sample={"n_images": 6, "empty_images": 1, "cell_lines": ["A172", "BV2"]},
         **{k: tiny[k] for k in ("model", "train", "transfer", "custom")},
     )
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t"]
+    _sh(["git", "add", "-A"], p)
+    _sh([*git, "commit", "-qm", "project"], p)  # dvclive needs a commit (a clone has one)
     _sh(["dvc", "repro"], p)
     for name in ("transfer", "custom"):
         m = json.loads((p / f"metrics/{name}.json").read_text())
@@ -135,7 +138,7 @@ def test_full_pipeline_and_an_experiment(tmp_path, raw_params):
         assert (p / f"plots/{name}/precision_recall.csv").exists()
         assert len(list((p / f"plots/{name}/overlays").glob("*.png"))) == 1  # 1 test image
     _sh(["git", "add", "-A"], p)
-    _sh(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "base"], p)
+    _sh([*git, "commit", "-qm", "base"], p)
 
     out = _sh(["dvc", "exp", "run", "-S", "model.lr=1e-4"], p)
     assert "Running stage 'train_transfer'" in out
