@@ -161,3 +161,5 @@ def test_no_predictions_at_all():
     gt = doc({1: [square(10, 10, 20)], 2: []})
     metrics, _ = evaluate(gt, [])
     assert metrics["overall"]["ap"] == 0.0 and metrics["overall"]["f1"] == 0.0
+    assert metrics["overall"]["ap_medium"] == 0.0  # a 400 px² cell
+    assert metrics["overall"]["ap_small"] == metrics["overall"]["ap_large"] == -1.0  # none

@@ -76,10 +76,14 @@ def coco_mask_ap(
     gt = _coco_gt(gt_doc)
     image_ids = sorted(gt.getImgIds()) if image_ids is None else sorted(image_ids)
     results = [r for r in results if r["image_id"] in set(image_ids)]
-    if not results:  # pycocotools cannot load an empty result list
-        has_gt = bool(gt.getAnnIds(imgIds=image_ids))
-        value = 0.0 if has_gt else -1.0
-        return dict.fromkeys(AP_KEYS, value), np.full(101, value)
+    if not results:  # pycocotools cannot load an empty result list: 0 where there are cells
+        areas = [a["area"] for a in gt.loadAnns(gt.getAnnIds(imgIds=image_ids))]
+        ranges = [AREA_RANGES[0]] * 3 + AREA_RANGES[1:]  # ap, ap50, ap75, then by size
+        stats = {
+            k: 0.0 if any(lo <= a <= hi for a in areas) else -1.0  # as pycocotools
+            for k, (lo, hi) in zip(AP_KEYS, ranges, strict=True)
+        }
+        return stats, np.full(101, stats["ap"])
     with contextlib.redirect_stdout(io.StringIO()):
         dt = gt.loadRes(copy.deepcopy(results))
         ev = COCOeval(gt, dt, iouType="segm")
