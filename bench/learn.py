@@ -1,17 +1,19 @@
 """Benchmark: do the models learn? Train both on the sample with a longer CPU profile, then
-segment the test images (stitched) and print test F1/mIoU/AP per model as JSON.
+segment the test images (stitched, and whole-image for comparison) and print test
+F1/mIoU/AP per model and mode as JSON.
 
 The profile (below, or --set section.key=value) is params.yaml with more tiles and epochs;
 outputs go to a temporary directory, the project's models and metrics are not touched.
 Needs the tile stage's output (dvc repro tile). Target on the sample: F1 >= 0.8 for one model.
 
-    python bench/learn.py [--models transfer custom] [--set custom.epochs=6 ...]
+    python bench/learn.py [--models transfer custom] [--set custom.epochs=6 ...] [--keep DIR]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 import tempfile
 import time
@@ -34,6 +36,7 @@ def main() -> None:
     p.add_argument("--tiles", type=Path, default=Path("data/tiles"))
     p.add_argument("--split", type=Path, default=Path("data/split/test.json"))
     p.add_argument("--images", type=Path, default=Path("data/subset/images"))
+    p.add_argument("--keep", type=Path, help="copy each trained model here as <model>.pt")
     args = p.parse_args()
 
     import torch
@@ -74,6 +77,9 @@ def main() -> None:
             val_f1 = [float(row.split("\t")[-1]) for row in rows[1:]]
             inference, _ = model_settings(params)
             model, _ = load_model(out / "best.pt", inference, device)
+            if args.keep:
+                args.keep.mkdir(parents=True, exist_ok=True)
+                shutil.copy(out / "best.pt", args.keep / f"{name}.pt")
             s = params.stitch
             predict = Predictor(
                 model,
@@ -85,21 +91,23 @@ def main() -> None:
                     mask_thresh=params.model.mask_thresh,
                 ),
             )
-            results = []
-            t = time.perf_counter()
-            for im in gt["images"]:
-                det, _ = predict(read_gray(args.images / im["file_name"]))
-                results.extend(to_coco_results(im["id"], det))
-            predict_s = time.perf_counter() - t
-            metrics, _ = evaluate(gt, results)
-            overall = metrics["overall"]
             report[name] = {
                 "pretrained": summary["pretrained"],
                 "train_s": round(train_s),
                 "val_f1_per_epoch": val_f1,
-                "test": {k: round(v, 4) for k, v in overall.items()},
-                "predict_s_per_image": round(predict_s / len(gt["images"]), 2),
             }
+            for mode in ("stitched", "whole"):  # the same model, both ways of segmenting
+                results = []
+                t = time.perf_counter()
+                for im in gt["images"]:
+                    det, _ = predict(read_gray(args.images / im["file_name"]), mode)
+                    results.extend(to_coco_results(im["id"], det))
+                predict_s = time.perf_counter() - t
+                metrics, _ = evaluate(gt, results)
+                report[name][mode] = {
+                    "test": {k: round(v, 4) for k, v in metrics["overall"].items()},
+                    "predict_s_per_image": round(predict_s / len(gt["images"]), 2),
+                }
             print(f"{name}: {report[name]}", file=sys.stderr)
             del model
             if torch.cuda.is_available():
