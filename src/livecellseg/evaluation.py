@@ -31,11 +31,6 @@ def cell_line(image: dict) -> str:
     return image.get("cell_line") or cell_line_of(image["file_name"])
 
 
-def _rle(seg: dict) -> dict:
-    counts = seg["counts"]
-    return {"size": seg["size"], "counts": counts.encode() if isinstance(counts, str) else counts}
-
-
 def detection_metrics(
     gt_doc: dict, results: list[dict], *, score_thresh: float = 0.5, iou_thresh: float = 0.5
 ) -> dict[str, dict]:
@@ -48,7 +43,7 @@ def detection_metrics(
     pred: dict[int, list[dict]] = defaultdict(list)
     for r in results:
         if r["score"] > score_thresh:
-            pred[r["image_id"]].append(_rle(r["segmentation"]))
+            pred[r["image_id"]].append(to_rle(r["segmentation"], *r["segmentation"]["size"]))
     groups: dict[str, DetectionCounts] = defaultdict(DetectionCounts)
     for image_id, im in sorted(images.items()):
         for group in ("overall", cell_line(im)):
