@@ -46,7 +46,7 @@ def main() -> None:
     from livecellseg.engine import pick_device
     from livecellseg.evaluation import evaluate
     from livecellseg.images import read_gray
-    from livecellseg.predict import Predictor, StitchSettings, load_model, to_coco_results
+    from livecellseg.predict import Predictor, load_model, stitch_settings, to_coco_results
     from livecellseg.training import model_settings, train_model
 
     raw = yaml.safe_load(Path("params.yaml").read_text())
@@ -81,17 +81,7 @@ def main() -> None:
             if args.keep:
                 args.keep.mkdir(parents=True, exist_ok=True)
                 shutil.copy(out / "best.pt", args.keep / f"{name}.pt")
-            s = params.stitch
-            predict = Predictor(
-                model,
-                device,
-                StitchSettings(
-                    min_owned=s.min_owned,
-                    nms_iou=s.nms_iou,
-                    batch_size=s.batch_size,
-                    mask_thresh=params.model.mask_thresh,
-                ),
-            )
+            predict = Predictor(model, device, stitch_settings(params))
             report[name] = {
                 "pretrained": summary["pretrained"],
                 "train_s": round(train_s),

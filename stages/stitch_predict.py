@@ -14,7 +14,7 @@ from livecellseg.engine import pick_device
 from livecellseg.evaluation import cell_line
 from livecellseg.images import read_gray
 from livecellseg.io import write_csv, write_json
-from livecellseg.predict import Predictor, StitchSettings, load_model, to_coco_results
+from livecellseg.predict import Predictor, load_model, stitch_settings, to_coco_results
 from livecellseg.stitch import StitchCounts
 from livecellseg.training import model_settings
 from stages.common import run_stage
@@ -26,17 +26,7 @@ def main(params, args) -> None:
     device = pick_device(params.train.device)
     inference, _ = model_settings(params)
     model, ckpt = load_model(args.checkpoint, inference, device)
-    s = params.stitch
-    settings = StitchSettings(
-        mode=s.mode,
-        grid=params.tile.grid,
-        window=params.tile.window,
-        min_owned=s.min_owned,
-        nms_iou=s.nms_iou,
-        batch_size=s.batch_size,
-        mask_thresh=params.model.mask_thresh,
-    )
-    predict = Predictor(model, device, settings)
+    predict = Predictor(model, device, stitch_settings(params))
     images = json.loads(args.split.read_text())["images"]
     log.info(
         "%s (epoch %s, val F1 %.3f) on %d images, %s mode, %s",
@@ -44,7 +34,7 @@ def main(params, args) -> None:
         ckpt["epoch"],
         ckpt["val"]["f1"],
         len(images),
-        s.mode,
+        params.stitch.mode,
         device,
     )
     results, rows, total = [], [], StitchCounts()

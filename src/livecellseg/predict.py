@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from pycocotools import mask as mask_utils
 
+from livecellseg.config import Params
 from livecellseg.datasets import gray_to_tensor
 from livecellseg.engine import load_checkpoint
 from livecellseg.errors import LivecellsegError
@@ -34,6 +35,20 @@ class StitchSettings:
     nms_iou: float = 0.5
     batch_size: int = 5  # tiles per forward pass
     mask_thresh: float = 0.5
+
+
+def stitch_settings(params: Params) -> StitchSettings:
+    """StitchSettings from params.yaml (stitch, tile grid/window, model.mask_thresh)."""
+    s = params.stitch
+    return StitchSettings(
+        mode=s.mode,
+        grid=params.tile.grid,
+        window=params.tile.window,
+        min_owned=s.min_owned,
+        nms_iou=s.nms_iou,
+        batch_size=s.batch_size,
+        mask_thresh=params.model.mask_thresh,
+    )
 
 
 def load_model(
