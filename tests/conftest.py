@@ -131,3 +131,46 @@ def tiny_train_params(raw: dict, **overrides) -> dict:
     for section, values in overrides.items():
         p[section].update(values)
     return p
+
+
+def save_tiny_checkpoint(path: Path, raw: dict, name: str = "custom", seed: int = 0) -> Path:
+    """An untrained model's checkpoint, tiny at inference (small input scale and budgets),
+    in the training stage's format: what the CLI and the app load."""
+    import torch
+
+    from livecellseg.config import ModelConfig
+    from livecellseg.engine import CHECKPOINT_FORMAT
+    from livecellseg.models import build_model
+
+    model_params = dict(raw["model"]) | {
+        "min_size": 64,
+        "max_size": 96,
+        "rpn_pre_nms_top_n_test": 100,
+        "rpn_post_nms_top_n_test": 50,
+        "detections_per_img": 30,
+    }
+    ModelConfig(**model_params)  # valid, as training would have checked
+    torch.manual_seed(seed)
+    model, _ = build_model(name)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(
+        {
+            "format": CHECKPOINT_FORMAT,
+            "name": name,
+            "model": model.state_dict(),
+            "optimizer": {},
+            "epoch": 1,
+            "params": {"model": name, "params": {"model": model_params}},
+            "val": {"f1": 0.0},
+        },
+        path,
+    )
+    return path
+
+
+def small_image(seed: int = 1, width: int = 176, height: int = 130):
+    """A sample image (uint8, height x width) and its cell polygons."""
+    (_, _, image, polys), *_ = generate(
+        n_images=1, empty_images=0, cell_lines=("BV2",), width=width, height=height, seed=seed
+    )
+    return image, polys

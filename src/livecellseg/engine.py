@@ -29,6 +29,7 @@ from tqdm import tqdm
 import livecellseg
 from livecellseg.datasets import TileDataset, collate
 from livecellseg.errors import LivecellsegError
+from livecellseg.io import atomic_path
 from livecellseg.metrics import DetectionCounts
 from livecellseg.models import parameter_table, set_backbone_frozen
 
@@ -242,13 +243,25 @@ def _is_main() -> bool:
 
 
 def _save_atomic(obj: dict, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
+
+
+TRAINING_STATE = ("optimizer", "scheduler", "scaler")
+
+
+def export_weights(checkpoint: Path, out: Path) -> tuple[int, int]:
+    """Copy a checkpoint without its training state; return (bytes before, bytes after)."""
+    ckpt = load_checkpoint(checkpoint)
+    _save_atomic({k: v for k, v in ckpt.items() if k not in TRAINING_STATE}, out)
+    return checkpoint.stat().st_size, out.stat().st_size
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise LivecellsegError(
+            f"{path}: checkpoint not found; train it (dvc repro) or fix the path"
+        )
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:

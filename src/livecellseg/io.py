@@ -14,18 +14,25 @@ from typing import IO, Any
 
 
 @contextlib.contextmanager
-def _atomic_file(path: str | Path, **open_kwargs) -> Iterator[IO]:
-    """A text file open for writing that replaces `path` only if the block succeeds."""
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """A temporary sibling path to write; it replaces `path` only if the block succeeds."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
     try:
-        with os.fdopen(fd, "w", **open_kwargs) as f:
-            yield f
+        yield Path(tmp)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+@contextlib.contextmanager
+def _atomic_file(path: str | Path, **open_kwargs) -> Iterator[IO]:
+    """A text file open for writing that replaces `path` only if the block succeeds."""
+    with atomic_path(path) as tmp, open(tmp, "w", **open_kwargs) as f:
+        yield f
 
 
 def write_json(path: str | Path, obj: Any, *, indent: int | None = 2) -> None:

@@ -7,7 +7,7 @@ in full-image coordinates (RLE masks) either way, so evaluation, the CLI and the
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal
 
@@ -15,13 +15,14 @@ import numpy as np
 import torch
 from pycocotools import mask as mask_utils
 
-from livecellseg.config import Params
+from livecellseg.config import ModelConfig, Params
 from livecellseg.datasets import gray_to_tensor
 from livecellseg.engine import load_checkpoint
 from livecellseg.errors import LivecellsegError
 from livecellseg.models import MODEL_NAMES, InferenceSettings, build_model
 from livecellseg.stitch import ImageDetections, StitchCounts, TileDetections, stitch, whole_image
 from livecellseg.tiling import tile_windows
+from livecellseg.training import inference_settings
 
 Mode = Literal["stitched", "whole"]
 
@@ -51,14 +52,37 @@ def stitch_settings(params: Params) -> StitchSettings:
     )
 
 
+def trained_model_config(ckpt: dict, path: str | Path) -> ModelConfig:
+    """The `model` params a checkpoint was trained with (its input scale, thresholds, budgets)."""
+    try:
+        return ModelConfig(**ckpt["params"]["params"]["model"])
+    except (KeyError, TypeError, LivecellsegError):
+        raise LivecellsegError(
+            f"{path}: checkpoint does not record its model params; retrain it with this "
+            "livecellseg or use the pipeline's stitch_predict stage"
+        ) from None
+
+
 def load_model(
-    path: str | Path, inference: InferenceSettings, device: torch.device
+    path: str | Path,
+    inference: InferenceSettings | None,
+    device: torch.device,
+    *,
+    score_thresh: float | None = None,
 ) -> tuple[torch.nn.Module, dict]:
-    """A trained model in eval mode from a livecellseg checkpoint (weights_only loading)."""
+    """A trained model in eval mode from a livecellseg checkpoint (weights_only loading).
+
+    `inference=None` uses the settings the checkpoint was trained with; `score_thresh`
+    overrides the score threshold either way.
+    """
     ckpt = load_checkpoint(Path(path))
     name = ckpt.get("name")
     if name not in MODEL_NAMES:
         raise LivecellsegError(f"{path}: checkpoint names no known model ({name!r})")
+    if inference is None:
+        inference = inference_settings(trained_model_config(ckpt, path))
+    if score_thresh is not None:
+        inference = replace(inference, score_thresh=score_thresh)
     model, _ = build_model(name, weights="none", inference=inference)
     try:
         model.load_state_dict(ckpt["model"])
@@ -75,6 +99,15 @@ class Predictor:
 
     def __init__(self, model: torch.nn.Module, device: torch.device, settings: StitchSettings):
         self.model, self.device, self.s = model, device, settings
+
+    @classmethod
+    def from_checkpoint(
+        cls, path: str | Path, device: torch.device, *, score_thresh: float | None = None
+    ) -> tuple[Predictor, dict]:
+        """A predictor with the checkpoint's own settings (for the CLI and the app)."""
+        model, ckpt = load_model(path, None, device, score_thresh=score_thresh)
+        mask_thresh = trained_model_config(ckpt, path).mask_thresh
+        return cls(model, device, StitchSettings(mask_thresh=mask_thresh)), ckpt
 
     @torch.inference_mode()
     def forward(self, images: list[np.ndarray]) -> list[TileDetections]:
@@ -94,7 +127,7 @@ class Predictor:
         mode = mode or self.s.mode
         h, w = image.shape
         if mode == "whole":
-            with _whole_image_settings(self.model, h, w, (self.s.grid / self.s.window) ** 2):
+            with whole_image_settings(self.model, h, w, (self.s.grid / self.s.window) ** 2):
                 (det,) = self.forward([image])
             return whole_image(det.masks, det.scores)
         windows = tile_windows(h, w, self.s.grid, self.s.window)
@@ -114,7 +147,7 @@ class Predictor:
 
 
 @contextlib.contextmanager
-def _whole_image_settings(model, height: int, width: int, scale: float):
+def whole_image_settings(model, height: int, width: int, scale: float):
     """Native input scale, and proposal/detection budgets scaled from a tile to the image."""
     t, rpn, heads = model.transform, model.rpn, model.roi_heads
     saved = (t.min_size, t.max_size, dict(rpn._pre_nms_top_n), dict(rpn._post_nms_top_n))
@@ -147,3 +180,16 @@ def to_coco_results(image_id: int, det: ImageDetections) -> list[dict]:
         }
         for rle, score, box, area in zip(det.rles, det.scores, boxes, areas, strict=True)
     ]
+
+
+def coco_document(file_name: str, height: int, width: int, det: ImageDetections) -> dict:
+    """One image's detections as a COCO document (image, annotations with scores, category):
+    COCO() opens it as a data set, and its `annotations` are valid COCO results."""
+    anns = to_coco_results(1, det)
+    for i, ann in enumerate(anns, start=1):
+        ann.update(id=i, iscrowd=0)
+    return {
+        "images": [{"id": 1, "file_name": file_name, "height": height, "width": width}],
+        "annotations": anns,
+        "categories": [{"id": 1, "name": "cell"}],
+    }

@@ -47,6 +47,13 @@ class ImageDetections:
     rles: list[dict] = field(default_factory=list)
     scores: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
 
+    def above(self, score_thresh: float) -> ImageDetections:
+        """The detections scoring above `score_thresh`. The same as predicting with that
+        threshold (greedy NMS only lets a higher score suppress a lower one), as long as the
+        per-image detection cap did not bind."""
+        keep = np.flatnonzero(self.scores > score_thresh)
+        return ImageDetections([self.rles[i] for i in keep], self.scores[keep])
+
 
 def owned_fraction(masks: np.ndarray, win: Window, owned: Window) -> np.ndarray:
     """(n,) share of each mask's pixels inside the owned box (both boxes in image pixels)."""

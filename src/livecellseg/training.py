@@ -6,15 +6,14 @@ import hashlib
 from dataclasses import asdict
 from pathlib import Path
 
-from livecellseg.config import Params
+from livecellseg.config import ModelConfig, Params
 from livecellseg.datasets import TileDataset
 from livecellseg.engine import FitConfig, Phase, fit, seed_everything
 from livecellseg.models import InferenceSettings, TrainSettings, build_model
 
 
-def model_settings(params: Params) -> tuple[InferenceSettings, TrainSettings]:
-    m = params.model
-    inference = InferenceSettings(
+def inference_settings(m: ModelConfig) -> InferenceSettings:
+    return InferenceSettings(
         score_thresh=m.score_thresh,
         nms_thresh=m.nms_thresh,
         detections_per_img=m.detections_per_img,
@@ -23,6 +22,11 @@ def model_settings(params: Params) -> tuple[InferenceSettings, TrainSettings]:
         min_size=m.min_size,
         max_size=m.max_size,
     )
+
+
+def model_settings(params: Params) -> tuple[InferenceSettings, TrainSettings]:
+    m = params.model
+    inference = inference_settings(m)
     train = TrainSettings(
         rpn_pre_nms_top_n=m.rpn_pre_nms_top_n_train,
         rpn_post_nms_top_n=m.rpn_post_nms_top_n_train,

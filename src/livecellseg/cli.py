@@ -1,0 +1,345 @@
+"""The `livecellseg` command: segment your own images, serve the app, explain a model.
+
+livecellseg predict IMAGE_OR_DIR... --model models/custom.pt [--out DIR] [--score 0.4]
+livecellseg app [--models models] [--host 127.0.0.1] [--port 7860]
+livecellseg explain IMAGE --model models/custom.pt [--out DIR]
+livecellseg export models/custom.pt custom_weights.pt
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from pathlib import Path
+
+from livecellseg.errors import LivecellsegError
+
+log = logging.getLogger("livecellseg")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="[livecellseg] %(message)s")
+    try:
+        return args.run(args)
+    except LivecellsegError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="livecellseg",
+        description="Cell instance segmentation in phase-contrast images (LIVECell Mask R-CNNs).",
+        epilog="Run `livecellseg COMMAND --help` for each command's options.",
+    )
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    pr = sub.add_parser(
+        "predict",
+        help="segment images: label TIFF, COCO JSON and overlay PNG per image",
+        description=(
+            "Segment images with a trained model. For each image IMG writes IMG_labels.tif "
+            "(uint16: 0 background, 1..N cells; opens in napari, Fiji, Cellpose), IMG_coco.json "
+            "(COCO document: image, RLE masks with scores) and IMG_overlay.png (outlines in "
+            "magenta), plus summary.csv. Reads 8-bit TIFF/PNG/JPEG; RGB is converted to gray "
+            "and other bit depths rescaled, with a warning. A file that cannot be read is "
+            "reported and skipped; the exit code is 1 if any was."
+        ),
+    )
+    pr.add_argument(
+        "inputs",
+        nargs="+",
+        type=Path,
+        metavar="IMAGE_OR_DIR",
+        help="image files, or directories of .tif/.tiff/.png/.jpg/.jpeg",
+    )
+    pr.add_argument(
+        "--model",
+        type=Path,
+        required=True,
+        help="checkpoint from training, e.g. models/custom.pt or models/transfer.pt",
+    )
+    pr.add_argument(
+        "--out",
+        type=Path,
+        default=Path("segmentations"),
+        help="output directory (default: %(default)s)",
+    )
+    pr.add_argument(
+        "--score",
+        type=float,
+        default=None,
+        help="keep cells scoring above this (default: the model's, 0.4)",
+    )
+    pr.add_argument(
+        "--mode",
+        choices=("stitched", "whole"),
+        default="stitched",
+        help="stitched: 25 overlapping tiles, the pipeline's way (default); "
+        "whole: one pass on the full image (~3x faster on CPU)",
+    )
+    pr.add_argument(
+        "--device",
+        default="auto",
+        choices=("auto", "cpu", "cuda"),
+        help="auto: CUDA when present (default)",
+    )
+    pr.set_defaults(run=_predict)
+
+    ap = sub.add_parser(
+        "app",
+        help="the web app: upload an image, see and download its segmentation",
+        description=(
+            "A Gradio app: upload an image (or pick an example), choose a checkpoint from "
+            "--models, move the score threshold, see the overlay, count, areas; download "
+            "the label TIFF and COCO JSON; explain the model's activations. Binds to "
+            "127.0.0.1 unless --host says otherwise."
+        ),
+    )
+    ap.add_argument(
+        "--models",
+        type=Path,
+        default=Path("models"),
+        help="directory of checkpoints (*.pt) to offer (default: %(default)s)",
+    )
+    ap.add_argument(
+        "--examples",
+        type=Path,
+        default=Path("data/sample/images/livecell_test_images"),
+        help="directory of example images (searched recursively; default: %(default)s)",
+    )
+    ap.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="address to bind (default: %(default)s; 0.0.0.0 exposes it to the network)",
+    )
+    ap.add_argument("--port", type=int, default=7860, help="port (default: %(default)s)")
+    ap.add_argument(
+        "--max-upload-mb",
+        type=float,
+        default=20.0,
+        help="largest accepted upload in MB (default: %(default)s)",
+    )
+    ap.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    ap.set_defaults(run=_app)
+
+    ex = sub.add_parser(
+        "explain",
+        help="which parts of the model respond to an image: activation shares and feature maps",
+        description=(
+            "Run the model once on the whole image with forward hooks on the backbone stages "
+            "(layer1..4), CBAM blocks (custom model), FPN levels, RPN, box head and mask head. "
+            "Writes importance.json (each module's share of the mean absolute activation, in "
+            "%%), one PNG of feature maps per module (mean over channels and the strongest "
+            "channels) and the CBAM spatial-attention maps over the image."
+        ),
+    )
+    ex.add_argument("image", type=Path, help="an image (TIFF, PNG, JPEG)")
+    ex.add_argument("--model", type=Path, required=True, help="checkpoint, e.g. models/custom.pt")
+    ex.add_argument(
+        "--out",
+        type=Path,
+        default=Path("explanation"),
+        help="output directory (default: %(default)s)",
+    )
+    ex.add_argument(
+        "--top",
+        type=int,
+        default=6,
+        help="strongest channels shown per module (default: %(default)s)",
+    )
+    ex.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    ex.set_defaults(run=_explain)
+
+    xp = sub.add_parser(
+        "export",
+        help="a weights-only copy of a checkpoint (no optimizer state; for sharing)",
+        description=(
+            "Write a checkpoint without optimizer, scheduler and scaler state (about a third "
+            "of the size for the custom model). It predicts identically and loads anywhere a "
+            "training checkpoint does; it cannot resume training."
+        ),
+    )
+    xp.add_argument("checkpoint", type=Path, help="training checkpoint, e.g. models/custom.pt")
+    xp.add_argument("out", type=Path, help="file to write")
+    xp.set_defaults(run=_export)
+    return p
+
+
+def collect_images(inputs: list[Path]) -> list[Path]:
+    """Files as given; directories expanded to their images (sorted, not recursive)."""
+    from livecellseg.images import IMAGE_SUFFIXES
+
+    files: list[Path] = []
+    for item in inputs:
+        if item.is_dir():
+            found = sorted(p for p in item.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+            if not found:
+                log.warning("%s: no %s files in this directory", item, "/".join(IMAGE_SUFFIXES))
+            files.extend(found)
+        else:
+            files.append(item)  # a missing file is reported with the other failures
+    return files
+
+
+def _output_stems(files: list[Path]) -> list[str]:
+    """Output names from file names; a repeated name gets _2, _3... so nothing is overwritten."""
+    seen: dict[str, int] = {}
+    stems = []
+    for f in files:
+        seen[f.stem] = seen.get(f.stem, 0) + 1
+        stems.append(f.stem if seen[f.stem] == 1 else f"{f.stem}_{seen[f.stem]}")
+    return stems
+
+
+def _predict(args) -> int:
+    from tqdm import tqdm
+
+    from livecellseg.engine import pick_device
+    from livecellseg.images import load_image, write_labels
+    from livecellseg.io import write_csv, write_json
+    from livecellseg.predict import Predictor, coco_document
+    from livecellseg.visualize import (
+        PRED_COLOUR,
+        cell_pixels,
+        draw_outlines,
+        gray_to_rgb,
+        label_image,
+        save_png,
+    )
+
+    if args.score is not None and not 0 <= args.score <= 1:
+        raise LivecellsegError(f"--score {args.score}: give a fraction in [0, 1]")
+    files = collect_images(args.inputs)
+    if not files:
+        raise LivecellsegError(
+            f"no images found in {' '.join(map(str, args.inputs))}; "
+            "pass .tif/.tiff/.png/.jpg/.jpeg files or directories holding them"
+        )
+    device = pick_device(args.device)
+    predictor, ckpt = Predictor.from_checkpoint(args.model, device, score_thresh=args.score)
+    score = predictor.model.roi_heads.score_thresh
+    log.info(
+        "%s model (%s, epoch %s) on %d images, %s mode, score > %.2f, %s -> %s",
+        ckpt["name"],
+        args.model,
+        ckpt.get("epoch"),
+        len(files),
+        args.mode,
+        score,
+        device,
+        args.out,
+    )
+    args.out.mkdir(parents=True, exist_ok=True)
+    rows, failed = [], 0
+    for path, stem in tqdm(
+        list(zip(files, _output_stems(files), strict=True)),
+        unit="img",
+        desc="predict",
+        disable=len(files) == 1,
+    ):
+        row = {
+            "file": str(path),
+            "output": stem,
+            "cells": 0,
+            "mean_area_px": "",
+            "seconds": "",
+            "status": "ok",
+        }
+        try:
+            image, notes = load_image(path)
+        except LivecellsegError as e:
+            log.error("skipped: %s", e)
+            rows.append(row | {"status": f"skipped: {e}"})
+            failed += 1
+            continue
+        for note in notes:
+            log.warning("%s: %s", path, note)
+        t0 = time.perf_counter()
+        det, _ = predictor(image, args.mode)
+        cells = cell_pixels(det.rles, image.shape)
+        h, w = image.shape
+        write_labels(args.out / f"{stem}_labels.tif", label_image(cells, det.scores))
+        write_json(args.out / f"{stem}_coco.json", coco_document(path.name, h, w, det), indent=None)
+        save_png(
+            args.out / f"{stem}_overlay.png", draw_outlines(gray_to_rgb(image), cells, PRED_COLOUR)
+        )
+        areas = cells.areas
+        rows.append(
+            row
+            | {
+                "cells": len(areas),
+                "mean_area_px": round(float(areas.mean()), 1) if len(areas) else "",
+                "seconds": round(time.perf_counter() - t0, 2),
+                "status": "ok" + (f" ({'; '.join(notes)})" if notes else ""),
+            }
+        )
+    write_csv(args.out / "summary.csv", rows)
+    _print_table(rows)
+    print(
+        f"{len(rows) - failed} of {len(rows)} images segmented -> {args.out}"
+        + (f"; {failed} skipped (see above)" if failed else "")
+    )
+    return 1 if failed else 0
+
+
+def _print_table(rows: list[dict]) -> None:
+    cols = ("output", "cells", "mean_area_px", "seconds", "status")
+    widths = {c: max(len(c), *(len(str(r[c])) for r in rows)) for c in cols}
+    widths["status"] = len("status")  # last column: not padded
+    print("  ".join(c.ljust(widths[c]) for c in cols))
+    for r in rows:
+        print("  ".join(str(r[c]).ljust(widths[c]) for c in cols))
+
+
+def _app(args) -> int:
+    from livecellseg.app import launch
+
+    launch(
+        models_dir=args.models,
+        examples_dir=args.examples,
+        host=args.host,
+        port=args.port,
+        max_upload_mb=args.max_upload_mb,
+        device=args.device,
+    )
+    return 0
+
+
+def _explain(args) -> int:
+    from livecellseg.engine import pick_device
+    from livecellseg.explain import explain_image, save_explanation
+    from livecellseg.images import load_image
+    from livecellseg.predict import load_model
+
+    image, notes = load_image(args.image)
+    for note in notes:
+        log.warning("%s: %s", args.image, note)
+    device = pick_device(args.device)
+    model, ckpt = load_model(args.model, None, device)
+    explanation = explain_image(model, image, device, top=args.top)
+    files = save_explanation(explanation, image, args.out)
+    print(f"{'module':<16} share of mean |activation|")
+    for name, share in explanation.importance.items():
+        print(f"{name:<16} {share:6.2f} %")
+    print(f"{len(files)} files -> {args.out}")
+    return 0
+
+
+def _export(args) -> int:
+    from livecellseg.engine import export_weights
+
+    before, after = export_weights(args.checkpoint, args.out)
+    print(f"{args.out}: {after / 2**20:.1f} MB (from {before / 2**20:.1f} MB)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
