@@ -319,7 +319,8 @@ def build_app(segmenter: Segmenter, checkpoints: dict[str, Path], examples: dict
         run.click(segment, inputs, outputs)
         for control in (ckpt, mode):
             control.input(segment, inputs, outputs)
-        score.release(segment, inputs, outputs, show_progress="hidden")
+        # cached: only the newest value matters while the slider moves
+        score.input(segment, inputs, outputs, show_progress="hidden", trigger_mode="always_last")
         explain_btn.click(explain, [source, ckpt], [importance, gallery])
     demo.livecellseg_workdir = work
     return demo

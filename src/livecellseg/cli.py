@@ -23,6 +23,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="[livecellseg] %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # the app's startup self-checks
     try:
         return args.run(args)
     except LivecellsegError as e:
