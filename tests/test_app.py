@@ -161,6 +161,8 @@ def test_app_in_a_real_browser(setup, app_url, tmp_path):
         page.route("**/*", route)
         page.goto(app_url)
         page.get_by_label("whole").check()
+        page.wait_for_timeout(1000)
+        assert page.get_by_text("no image yet").count() == 0  # no error for a control alone
         number = page.locator("#score input[type=number]")
         number.fill(f"{low:.2f}")
         number.press("Enter")
@@ -181,7 +183,11 @@ def test_app_in_a_real_browser(setup, app_url, tmp_path):
         assert count == (scores > low).sum() and f"{count} cells" in summary
         overlay = page.locator("#overlay img")
         first_src = overlay.get_attribute("src")
-        assert overlay.evaluate("i => i.complete && i.naturalWidth") == image.shape[1]
+        page.wait_for_function(
+            "() => document.querySelector('#overlay img')?.complete"
+            " && document.querySelector('#overlay img').naturalWidth > 0"
+        )
+        assert overlay.evaluate("i => i.naturalWidth") == image.shape[1]
         links = [a.get_attribute("href") for a in page.locator("#downloads a").all()]
         label_url = next(u for u in links if u and u.endswith("_labels.tif"))
         labels = tifffile.imread(io.BytesIO(page.request.get(label_url).body()))
@@ -195,6 +201,8 @@ def test_app_in_a_real_browser(setup, app_url, tmp_path):
             "src => document.querySelector('#overlay img')?.src !== src", arg=first_src
         )
         assert int(page.locator("#count input").input_value()) == (scores > high).sum()
+        bars = page.locator("#areas")
+        bars.locator("canvas, svg").first.wait_for(timeout=30_000)  # drawn in the page, offline
 
         # explain the current image
         page.get_by_role("tab", name="Explain").click()

@@ -146,19 +146,27 @@ class Segmenter:
         return paths
 
 
-def area_histogram(areas: np.ndarray):
-    import matplotlib
+def respond(
+    segmenter: Segmenter, source: str | Path, checkpoint: Path, mode: Mode, score: float, out: Path
+) -> tuple[Prediction, View, list[Path], list[str]]:
+    """What one app event does: read the image, predict (or hit the cache), select the cells
+    above `score`, write the downloads. Returns the notes on image conversions too."""
+    image, notes = load_image(source)
+    prediction = segmenter.predict(image, checkpoint, mode)
+    view = segmenter.view(prediction, score)
+    downloads = segmenter.write_downloads(prediction, view, Path(source).stem, out)
+    return prediction, view, downloads, notes
 
-    matplotlib.use("Agg")
-    from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(5, 2.6), layout="constrained")
-    ax = fig.add_subplot()
-    if len(areas):
-        ax.hist(areas, bins=min(40, max(5, len(areas) // 5)), color="#b000b0")
-    ax.set_xlabel("cell area (px²)")
-    ax.set_ylabel("cells")
-    return fig
+def area_histogram(areas: np.ndarray, bins: int = 20):
+    """Cell counts per area bin as a small table; the browser draws the bar chart."""
+    import pandas as pd
+
+    if len(areas) == 0:
+        return pd.DataFrame({"area (px²)": pd.Series([], dtype=str), "cells": []})
+    counts, edges = np.histogram(areas, bins=min(bins, max(1, len(np.unique(areas)))))
+    labels = [f"{lo:.0f}–{hi:.0f}" for lo, hi in zip(edges[:-1], edges[1:], strict=True)]
+    return pd.DataFrame({"area (px²)": labels, "cells": counts})
 
 
 def build_app(segmenter: Segmenter, checkpoints: dict[str, Path], examples: dict[str, Path]):
@@ -179,13 +187,10 @@ def build_app(segmenter: Segmenter, checkpoints: dict[str, Path], examples: dict
             title="Error",
         )
 
-    def current_image(source: str | None) -> tuple[np.ndarray, str]:
+    def require(source: str | None) -> str:
         if not source:
             raise LivecellsegError("no image yet: upload one or pick an example")
-        image, notes = load_image(source)
-        for note in notes:
-            gr.Warning(html.escape(f"{Path(source).name}: {note}"))
-        return image, Path(source).stem
+        return source
 
     def checkpoint_path(label: str | None) -> Path:
         if not label or label not in checkpoints:
@@ -196,14 +201,18 @@ def build_app(segmenter: Segmenter, checkpoints: dict[str, Path], examples: dict
 
     def segment(source, ckpt_label, mode, score, progress=gr.Progress()):  # noqa: B008
         try:
-            image, name = current_image(source)
             progress(0.1, desc="segmenting (the first time per image and model)")
-            prediction = segmenter.predict(image, checkpoint_path(ckpt_label), mode)
-            view = segmenter.view(prediction, score)
-            out = Path(tempfile.mkdtemp(dir=work))
-            labels, coco = segmenter.write_downloads(prediction, view, name, out)
+            # one directory per request kind: repeating a request rewrites, not accumulates
+            key = f"{source}|{ckpt_label}|{mode}|{score:.2f}".encode()
+            out = work / hashlib.sha1(key).hexdigest()[:16]
+            prediction, view, (labels, coco), notes = respond(
+                segmenter, require(source), checkpoint_path(ckpt_label), mode, score, out
+            )
         except Exception as e:
             raise user_error(e) from None
+        for note in notes:
+            gr.Warning(html.escape(f"{Path(source).name}: {note}"))
+        image = prediction.image
         summary = (
             f"**{view.count} cells** above score {score:.2f} · mean area "
             f"{view.mean_area:.0f} px² · {image.shape[1]}x{image.shape[0]} px · {mode} · "
@@ -214,13 +223,13 @@ def build_app(segmenter: Segmenter, checkpoints: dict[str, Path], examples: dict
             view.count,
             round(view.mean_area, 1),
             summary,
-            area_histogram(view.areas),
+            gr.BarPlot(value=(table := area_histogram(view.areas)), sort=list(table["area (px²)"])),
             [str(labels), str(coco)],
         )
 
     def explain(source, ckpt_label):
         try:
-            image, _ = current_image(source)
+            image, _ = load_image(require(source))
             predictor = segmenter.predictor(checkpoint_path(ckpt_label))
             with segmenter._model_lock:
                 exp = explain_image(predictor.model, image, segmenter.device)
@@ -232,7 +241,8 @@ def build_app(segmenter: Segmenter, checkpoints: dict[str, Path], examples: dict
         return rows, gallery
 
     ckpt_labels = list(checkpoints)
-    with gr.Blocks(title="livecellseg", analytics_enabled=False) as demo:
+    # delete_cache: Gradio's copies of uploads and outputs older than an hour, hourly
+    with gr.Blocks(title="livecellseg", analytics_enabled=False, delete_cache=(3600, 3600)) as demo:
         gr.Markdown(
             "## livecellseg: cell instance segmentation (Mask R-CNN, LIVECell)\n"
             "Upload a phase-contrast image or pick an example; outlines are drawn in magenta. "
@@ -289,7 +299,14 @@ def build_app(segmenter: Segmenter, checkpoints: dict[str, Path], examples: dict
                         label="Mean cell area (px²)", elem_id="mean-area", interactive=False
                     )
                 summary = gr.Markdown(elem_id="summary")
-                hist = gr.Plot(label="Cell areas", elem_id="areas")
+                hist = gr.BarPlot(
+                    x="area (px²)",
+                    y="cells",
+                    label="Cell areas",
+                    elem_id="areas",
+                    sort=None,
+                    x_label_angle=-45,
+                )
                 downloads = gr.File(
                     label="Downloads: label TIFF, COCO JSON",
                     file_count="multiple",
@@ -317,10 +334,14 @@ def build_app(segmenter: Segmenter, checkpoints: dict[str, Path], examples: dict
             segment, inputs, outputs
         )
         run.click(segment, inputs, outputs)
+
+        def resegment(source, *rest):  # a control moved: nothing to redo before an image
+            return segment(source, *rest) if source else tuple(gr.skip() for _ in outputs)
+
         for control in (ckpt, mode):
-            control.input(segment, inputs, outputs)
+            control.input(resegment, inputs, outputs)
         # cached: only the newest value matters while the slider moves
-        score.input(segment, inputs, outputs, show_progress="hidden", trigger_mode="always_last")
+        score.input(resegment, inputs, outputs, show_progress="hidden", trigger_mode="always_last")
         explain_btn.click(explain, [source, ckpt], [importance, gallery])
     demo.livecellseg_workdir = work
     return demo
