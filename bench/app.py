@@ -44,6 +44,7 @@ def main() -> None:
     paths = [args.image_dir / im["file_name"] for im in images[: args.images]]
 
     seg = Segmenter("auto")
+    area_histogram(np.ones(3))  # as build_app does at start (imports pandas)
     t0 = time.perf_counter()
     seg.predictor(args.model)
     load_s = time.perf_counter() - t0

@@ -177,6 +177,7 @@ def build_app(segmenter: Segmenter, checkpoints: dict[str, Path], examples: dict
     from livecellseg.explain import explain_image, save_explanation
 
     work = Path(tempfile.mkdtemp(prefix="livecellseg-app-"))
+    area_histogram(np.ones(3))  # imports pandas now, not on the first slider move
 
     def user_error(e: Exception) -> gr.Error:
         if isinstance(e, LivecellsegError):
