@@ -50,6 +50,8 @@ def test_two_runs_give_identical_metrics_and_weights(tiles, tmp_path, raw_params
     assert _same_weights(
         _weights(tmp_path / "a/custom_last.pt"), _weights(tmp_path / "b/custom_last.pt")
     )
+    for name in ("custom.pt", "custom_last.pt"):  # byte-identical: what DVC hashes
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
     assert s1["epochs_done"] == 2 and s1["params"]["all_total"] == 30_958_337
     ckpt = torch.load(tmp_path / "a/custom_last.pt", weights_only=True)
     assert {"model", "optimizer", "scheduler", "epoch", "params", "versions"} <= set(ckpt)

@@ -243,8 +243,10 @@ def _is_main() -> bool:
 
 
 def _save_atomic(obj: dict, path: Path) -> None:
-    with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
+    # through a file object: torch.save names the zip's root after a path it is given, and
+    # the temporary name is random, so saving to the path would change the bytes every run
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        torch.save(obj, f)
 
 
 TRAINING_STATE = ("optimizer", "scheduler", "scaler")
