@@ -1,6 +1,7 @@
 """Evaluation metrics against hand-computed cases and pycocotools run directly."""
 
 import contextlib
+import copy
 import io
 
 import numpy as np
@@ -123,7 +124,7 @@ def test_ap_of_a_hand_computed_case():
     cells = [square(10, 10, 20), square(50, 50, 20)]
     gt = doc({1: cells})
     results = [result(1, cells[0], 0.9), result(1, square(10, 80, 20), 0.8)]  # 1 TP, then 1 FP
-    stats, pr = coco_mask_ap(gt, results)
+    stats, pr = coco_mask_ap(gt, results)["overall"]
     # recall reaches 0.5 at precision 1, never more: interpolated precision is 1 on the
     # 51 recall points 0.00..0.50 and 0 on the other 50
     assert stats["ap50"] == pytest.approx(51 / 101)
@@ -142,19 +143,26 @@ def test_ap_matches_pycocotools_run_directly():
         for m in group:
             shift = int(rng.integers(0, 6))
             results.append(result(image_id, np.roll(m, shift, axis=1), float(rng.uniform(0.3, 1))))
-    ours, _ = coco_mask_ap(gt, results)
+    ours = coco_mask_ap(gt, results, {"all": [1, 2], "one": [1], "two": [2]})
 
-    coco = COCO()
-    coco.dataset = gt
-    with contextlib.redirect_stdout(io.StringIO()):
-        coco.createIndex()
-        ev = COCOeval(coco, coco.loadRes(results), iouType="segm")
-        ev.params.maxDets = [100, 500, 2000]
-        ev.params.areaRng = [[0, 1e10], [0, 324], [324, 961], [961, 1e10]]
-        ev.evaluate()
-        ev.accumulate()
-        ev.summarize()
-    assert list(ours.values()) == pytest.approx(list(ev.stats[:6]))
+    def direct(image_ids):
+        coco = COCO()
+        coco.dataset = gt
+        with contextlib.redirect_stdout(io.StringIO()):
+            coco.createIndex()
+            mine = copy.deepcopy([r for r in results if r["image_id"] in image_ids])
+            ev = COCOeval(coco, coco.loadRes(mine), iouType="segm")
+            ev.params.imgIds = image_ids
+            ev.params.maxDets = [100, 500, 2000]
+            ev.params.areaRng = [[0, 1e10], [0, 324], [324, 961], [961, 1e10]]
+            ev.evaluate()
+            ev.accumulate()
+            ev.summarize()
+        return list(ev.stats[:6])
+
+    # one evaluate, accumulated per group = pycocotools run on each group's images alone
+    for group, ids in (("all", [1, 2]), ("one", [1]), ("two", [2])):
+        assert list(ours[group][0].values()) == pytest.approx(direct(ids))
 
 
 def test_no_predictions_at_all():

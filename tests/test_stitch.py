@@ -97,6 +97,22 @@ def test_paste_is_exact_for_every_tile_shape():
         assert full[win.y0, win.x0] and full[win.y1 - 1, win.x1 - 1]
 
 
+def test_paste_gives_the_same_rle_bytes_as_encoding_a_full_image():
+    from livecellseg.tiling import Window
+
+    rng = np.random.default_rng(0)
+    for trial in range(300):
+        height, width = (int(v) for v in rng.integers(3, 50, 2))
+        h, w = int(rng.integers(1, height + 1)), int(rng.integers(1, width + 1))
+        y0, x0 = int(rng.integers(0, height - h + 1)), int(rng.integers(0, width - w + 1))
+        masks = rng.random((int(rng.integers(1, 5)), h, w)) < rng.random()
+        masks[0] = trial % 3 == 0 if trial % 2 else masks[0]  # empty and full masks too
+        full = np.zeros((height, width, len(masks)), np.uint8, order="F")
+        full[y0 : y0 + h, x0 : x0 + w] = masks.transpose(1, 2, 0)
+        ours = paste(masks, Window(0, 0, y0, y0 + h, x0, x0 + w), height, width)
+        assert [r["counts"] for r in ours] == [r["counts"] for r in mask_utils.encode(full)]
+
+
 def test_owned_fraction_and_ownership_partition():
     windows = tile_windows(H, W)
     owned = np.zeros((H, W), int)

@@ -20,7 +20,7 @@ from pycocotools.cocoeval import COCOeval
 
 from livecellseg.coco import to_rle
 from livecellseg.images import cell_line_of
-from livecellseg.metrics import DetectionCounts
+from livecellseg.metrics import DetectionCounts, match_masks
 
 MAX_DETS = [100, 500, 2000]
 AREA_RANGES = [[0, 1e10], [0, 324], [324, 961], [961, 1e10]]  # all, small, medium, large
@@ -46,8 +46,9 @@ def detection_metrics(
             pred[r["image_id"]].append(to_rle(r["segmentation"], *r["segmentation"]["size"]))
     groups: dict[str, DetectionCounts] = defaultdict(DetectionCounts)
     for image_id, im in sorted(images.items()):
+        matched = match_masks(gt[image_id], pred[image_id], iou_thresh)  # once per image
         for group in ("overall", cell_line(im)):
-            groups[group].add(gt[image_id], pred[image_id], iou_thresh)
+            groups[group].add_matched(len(gt[image_id]), len(pred[image_id]), matched)
     return {g: c.summary() for g, c in groups.items()}
 
 
@@ -62,36 +63,72 @@ def _coco_gt(gt_doc: dict) -> COCO:
 
 
 def coco_mask_ap(
-    gt_doc: dict, results: list[dict], image_ids: list[int] | None = None
-) -> tuple[dict[str, float], np.ndarray]:
-    """COCO mask AP with LIVECell's settings; also precision at IoU 0.5 over 101 recall points.
+    gt_doc: dict, results: list[dict], groups: dict[str, list[int]] | None = None
+) -> dict[str, tuple[dict[str, float], np.ndarray]]:
+    """COCO mask AP with LIVECell's settings for groups of images (default: all, as
+    "overall"); per group the AP values and precision at IoU 0.5 over 101 recall points.
 
-    AP values are in [0, 1]; -1 where the images hold no ground truth (pycocotools' convention).
+    pycocotools' per-image matching runs once; each group is then accumulated from it (the
+    same as evaluating that group's images alone). AP values are in [0, 1]; -1 where the
+    images hold no ground truth of that size (pycocotools' convention).
     """
     gt = _coco_gt(gt_doc)
-    image_ids = sorted(gt.getImgIds()) if image_ids is None else sorted(image_ids)
-    results = [r for r in results if r["image_id"] in set(image_ids)]
-    if not results:  # pycocotools cannot load an empty result list: 0 where there are cells
-        areas = [a["area"] for a in gt.loadAnns(gt.getAnnIds(imgIds=image_ids))]
+    groups = groups or {"overall": sorted(gt.getImgIds())}
+    with_results = {r["image_id"] for r in results}
+    out = {}
+    empty = {g: ids for g, ids in groups.items() if not with_results & set(ids)}
+    for group, ids in empty.items():  # pycocotools cannot score a group without results
+        areas = [a["area"] for a in gt.loadAnns(gt.getAnnIds(imgIds=ids))]
         ranges = [AREA_RANGES[0]] * 3 + AREA_RANGES[1:]  # ap, ap50, ap75, then by size
         stats = {
             k: 0.0 if any(lo <= a <= hi for a in areas) else -1.0  # as pycocotools
             for k, (lo, hi) in zip(AP_KEYS, ranges, strict=True)
         }
-        return stats, np.full(101, stats["ap"])
+        out[group] = (stats, np.full(101, stats["ap"]))
+    if len(empty) == len(groups):
+        return out
+    all_ids = sorted({i for ids in groups.values() for i in ids})
     with contextlib.redirect_stdout(io.StringIO()):
-        dt = gt.loadRes(copy.deepcopy(results))
+        dt = gt.loadRes(copy.deepcopy([r for r in results if r["image_id"] in set(all_ids)]))
         ev = COCOeval(gt, dt, iouType="segm")
-        ev.params.imgIds = image_ids
+        ev.params.imgIds = all_ids
         ev.params.maxDets = MAX_DETS
         ev.params.areaRng = AREA_RANGES
         ev.params.areaRngLbl = ["all", "small", "medium", "large"]
         ev.evaluate()
-        ev.accumulate()
-        ev.summarize()  # stats[0:6]: AP, AP50, AP75, APs, APm, APl, all at maxDets 2000
-    stats = {k: float(v) for k, v in zip(AP_KEYS, ev.stats[:6], strict=True)}
-    pr = ev.eval["precision"][0, :, 0, 0, -1]  # IoU 0.5, all recall points, area all, 2000 dets
-    return stats, pr
+        for group, ids in groups.items():
+            if group in empty:
+                continue
+            sub = _restricted(ev, sorted(ids))
+            sub.accumulate()
+            sub.summarize()  # stats[0:6]: AP, AP50, AP75, APs, APm, APl, all at maxDets 2000
+            stats = {k: float(v) for k, v in zip(AP_KEYS, sub.stats[:6], strict=True)}
+            # IoU 0.5, all recall points, area all, 2000 detections
+            out[group] = (stats, sub.eval["precision"][0, :, 0, 0, -1])
+    return {g: out[g] for g in groups}
+
+
+def _restricted(ev: COCOeval, image_ids: list[int]) -> COCOeval:
+    """An evaluated COCOeval narrowed to some images, ready to accumulate.
+
+    `accumulate` indexes `evalImgs` by image position in the evaluated list but takes the
+    positions from `params.imgIds`, so narrowing `params.imgIds` alone picks the wrong images;
+    this rebuilds `evalImgs` (laid out category x area x image) for the subset instead.
+    """
+    pe = ev._paramsEval
+    position = {image_id: n for n, image_id in enumerate(pe.imgIds)}
+    n_images, n_areas = len(pe.imgIds), len(pe.areaRng)
+    sub = copy.copy(ev)
+    sub.evalImgs = [
+        ev.evalImgs[(k * n_areas + a) * n_images + position[i]]
+        for k in range(len(pe.catIds) if pe.useCats else 1)
+        for a in range(n_areas)
+        for i in image_ids
+    ]
+    sub._paramsEval = copy.deepcopy(pe)
+    sub.params = copy.deepcopy(ev.params)
+    sub._paramsEval.imgIds = sub.params.imgIds = list(image_ids)
+    return sub
 
 
 def evaluate(
@@ -99,12 +136,11 @@ def evaluate(
 ) -> tuple[dict[str, dict], dict[str, np.ndarray]]:
     """All metrics per group ("overall" and each cell line), and each group's PR curve."""
     metrics = detection_metrics(gt_doc, results, score_thresh=score_thresh, iou_thresh=iou_thresh)
-    by_line: dict[str, list[int]] = defaultdict(list)
+    groups: dict[str, list[int]] = {"overall": [im["id"] for im in gt_doc["images"]]}
     for im in gt_doc["images"]:
-        by_line[cell_line(im)].append(im["id"])
+        groups.setdefault(cell_line(im), []).append(im["id"])
     curves = {}
-    for group in metrics:
-        ids = None if group == "overall" else by_line[group]
-        ap, curves[group] = coco_mask_ap(gt_doc, results, ids)
+    for group, (ap, curve) in coco_mask_ap(gt_doc, results, groups).items():
         metrics[group] |= ap
+        curves[group] = curve
     return metrics, curves

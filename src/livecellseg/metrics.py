@@ -33,11 +33,14 @@ class DetectionCounts:
     ious: list[float] = field(default_factory=list)
 
     def add(self, gt: list[dict], pred: list[dict], iou_thresh: float = 0.5) -> None:
-        matched = match_masks(gt, pred, iou_thresh)
-        self.gt += len(gt)
-        self.pred += len(pred)
-        self.tp += len(matched)
-        self.ious.extend(matched.tolist())
+        self.add_matched(len(gt), len(pred), match_masks(gt, pred, iou_thresh))
+
+    def add_matched(self, n_gt: int, n_pred: int, matched_ious: np.ndarray) -> None:
+        """Counts of one image whose matching is already done (match_masks' output)."""
+        self.gt += n_gt
+        self.pred += n_pred
+        self.tp += len(matched_ious)
+        self.ious.extend(matched_ious.tolist())
 
     def summary(self) -> dict[str, float | int]:
         precision = self.tp / self.pred if self.pred else 0.0

@@ -73,12 +73,35 @@ def centre_owned(masks: np.ndarray, win: Window, owned: Window) -> np.ndarray:
 
 
 def paste(masks: np.ndarray, win: Window, height: int, width: int) -> list[dict]:
-    """Tile-coordinate bool masks (n, h, w) -> RLEs of the full (height, width) image."""
-    if len(masks) == 0:
+    """Tile-coordinate bool masks (n, h, w) -> RLEs of the full (height, width) image.
+
+    Encoded from the mask pixels alone, without a full-size buffer per mask: the pixels'
+    column-major positions in the image give each mask's runs, whose lengths and gaps are
+    COCO's uncompressed RLE counts; pycocotools compresses them.
+    """
+    n = len(masks)
+    if n == 0:
         return []
-    full = np.zeros((height, width, len(masks)), np.uint8, order="F")
-    full[win.y0 : win.y1, win.x0 : win.x1, :] = masks.transpose(1, 2, 0)
-    return mask_utils.encode(full)
+    owner, col, row = np.nonzero(masks.transpose(0, 2, 1))  # by mask, then column, then row
+    pos = (win.x0 + col).astype(np.int64) * height + (win.y0 + row)
+    new_mask = np.diff(owner, prepend=-1) != 0
+    starts = np.flatnonzero(new_mask | (np.diff(pos, prepend=-2) != 1))  # run starts
+    lengths = np.diff(starts, append=len(pos))
+    begin, run_owner = pos[starts], owner[starts]
+    end = begin + lengths
+    first_run = new_mask[starts]
+    gaps = begin - np.where(first_run, 0, np.roll(end, 1))
+    counts = np.stack([gaps, lengths], 1).ravel()
+    bounds = np.searchsorted(run_owner, np.arange(n + 1))
+    total = height * width
+    objs = []
+    for a, b in zip(bounds[:-1], bounds[1:], strict=True):
+        c = counts[2 * a : 2 * b].tolist()
+        tail = total - (int(end[b - 1]) if b > a else 0)
+        if tail or b == a:  # pycocotools writes no trailing zero-length run
+            c.append(tail)
+        objs.append({"size": [height, width], "counts": c})
+    return mask_utils.frPyObjects(objs, height, width)
 
 
 def mask_nms(rles: list[dict], scores: np.ndarray, iou_thresh: float) -> np.ndarray:
