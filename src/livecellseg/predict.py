@@ -36,6 +36,7 @@ class StitchSettings:
     nms_iou: float = 0.5
     batch_size: int = 5  # tiles per forward pass
     mask_thresh: float = 0.5
+    amp: bool = True  # float16 autocast on CUDA (ignored on CPU)
 
 
 def stitch_settings(params: Params) -> StitchSettings:
@@ -112,7 +113,10 @@ class Predictor:
     @torch.inference_mode()
     def forward(self, images: list[np.ndarray]) -> list[TileDetections]:
         """Model outputs for a batch of gray images: bool masks (n, h, w) and scores."""
-        outputs = self.model([gray_to_tensor(im).to(self.device) for im in images])
+        batch = [gray_to_tensor(im).to(self.device, non_blocking=True) for im in images]
+        amp = self.s.amp and self.device.type == "cuda"
+        with torch.autocast(self.device.type, dtype=torch.float16, enabled=amp):
+            outputs = self.model(batch)
         return [
             TileDetections(
                 (out["masks"][:, 0] > self.s.mask_thresh).cpu().numpy(),
