@@ -84,3 +84,16 @@ def test_load_model_rejects_a_checkpoint_of_the_other_model(tmp_path):
     torch.save({"format": CHECKPOINT_FORMAT, "name": "unet", "model": {}}, tmp_path / "y.pt")
     with pytest.raises(LivecellsegError, match="names no known model"):
         load_model(tmp_path / "y.pt", TINY, torch.device("cpu"))
+
+
+def test_rpn_score_threshold_prunes_proposals_before_the_heads(image):
+    torch.manual_seed(0)
+    model, _ = build_model("custom", inference=TINY)
+    seen = []
+    model.roi_heads.box_head.register_forward_hook(lambda m, i, o: seen.append(len(o)))
+    for thresh in (0.0, 0.6):
+        Predictor(model.eval(), torch.device("cpu"), StitchSettings(rpn_score_thresh=thresh))(
+            image, "whole"
+        )
+        assert model.rpn.score_thresh == thresh
+    assert seen[1] < seen[0]  # fewer RoIs through the box head

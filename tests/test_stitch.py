@@ -151,3 +151,13 @@ def test_the_owned_share_rule_alone_would_drop_a_cell_on_a_four_box_corner():
         if len(t.scores)
     ]
     assert max(float(s.max()) for s in shares) < 0.4  # so the centre-of-mass rule keeps it
+
+
+def test_no_detections_anywhere():
+    from livecellseg.stitch import whole_image
+
+    det, counts = whole_image(np.zeros((0, H, W), bool), np.zeros(0, np.float32))
+    assert det.rles == [] and counts.kept == 0
+    empty = [TileDetections(np.zeros((0, *w.shape), bool), np.zeros(0)) for w in tile_windows(H, W)]
+    det, counts = stitch(empty, H, W)
+    assert det.rles == [] and counts.raw == counts.kept == 0

@@ -198,8 +198,10 @@ class StitchConfig:
     min_owned: float  # keep a tile's detection if more than this share lies in owned mini-tiles
     nms_iou: float  # cross-tile mask-IoU NMS threshold
     batch_size: int  # tiles per forward pass
+    rpn_score_thresh: float  # proposals below this objectness skip the RoI heads
 
     def __post_init__(self) -> None:
+        _check(0 <= self.rpn_score_thresh < 1, "stitch.rpn_score_thresh", "a number in [0, 1)")
         _check(0 <= self.min_owned <= 1, "stitch.min_owned", "a fraction in [0, 1]")
         _check(0 < self.nms_iou <= 1, "stitch.nms_iou", "a number in (0, 1]")
         _check(self.batch_size >= 1, "stitch.batch_size", "an integer >= 1")

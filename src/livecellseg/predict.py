@@ -37,6 +37,11 @@ class StitchSettings:
     batch_size: int = 5  # tiles per forward pass
     mask_thresh: float = 0.5
     amp: bool = True  # float16 autocast on CUDA (ignored on CPU)
+    # Proposals whose objectness is below this never reach the RoI heads (torchvision's
+    # rpn.score_thresh, 0 by default). The heads' cost is per proposal and dominates on CPU;
+    # a sparse tile has a few dozen real proposals among its 1,000. Measured on the sample's
+    # test images: identical detections and metrics, 1.5x faster (README, Performance).
+    rpn_score_thresh: float = 0.05
 
 
 def stitch_settings(params: Params) -> StitchSettings:
@@ -50,6 +55,7 @@ def stitch_settings(params: Params) -> StitchSettings:
         nms_iou=s.nms_iou,
         batch_size=s.batch_size,
         mask_thresh=params.model.mask_thresh,
+        rpn_score_thresh=s.rpn_score_thresh,
     )
 
 
@@ -100,6 +106,7 @@ class Predictor:
 
     def __init__(self, model: torch.nn.Module, device: torch.device, settings: StitchSettings):
         self.model, self.device, self.s = model, device, settings
+        model.rpn.score_thresh = settings.rpn_score_thresh  # the model is the predictor's now
 
     @classmethod
     def from_checkpoint(

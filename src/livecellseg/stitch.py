@@ -57,15 +57,15 @@ class ImageDetections:
 
 def owned_fraction(masks: np.ndarray, win: Window, owned: Window) -> np.ndarray:
     """(n,) share of each mask's pixels inside the owned box (both boxes in image pixels)."""
-    area = masks.reshape(len(masks), -1).sum(1)
+    area = masks.sum((1, 2))
     inside = masks[:, owned.y0 - win.y0 : owned.y1 - win.y0, owned.x0 - win.x0 : owned.x1 - win.x0]
-    inside = inside.reshape(len(masks), -1).sum(1)
+    inside = inside.sum((1, 2))
     return np.divide(inside, area, out=np.zeros(len(masks)), where=area > 0)
 
 
 def centre_owned(masks: np.ndarray, win: Window, owned: Window) -> np.ndarray:
     """(n,) whether each mask's centre of mass (rounded down) lies in the owned box."""
-    area = np.maximum(masks.reshape(len(masks), -1).sum(1), 1)
+    area = np.maximum(masks.sum((1, 2)), 1)
     cy = masks.sum(2) @ np.arange(masks.shape[1]) / area + win.y0
     cx = masks.sum(1) @ np.arange(masks.shape[2]) / area + win.x0
     cy, cx = np.floor(cy), np.floor(cx)
@@ -140,7 +140,7 @@ def stitch(
         if len(det.scores) == 0:
             continue
         owned = owned_box(win, height, width, grid, window)
-        empty = det.masks.reshape(len(det.masks), -1).sum(1) == 0
+        empty = det.masks.sum((1, 2)) == 0
         mine = (owned_fraction(det.masks, win, owned) > min_owned) | centre_owned(
             det.masks, win, owned
         )
@@ -158,7 +158,7 @@ def stitch(
 
 def whole_image(masks: np.ndarray, scores: np.ndarray) -> tuple[ImageDetections, StitchCounts]:
     """Detections of one forward pass on the whole image (no stitching; empty masks dropped)."""
-    empty = masks.reshape(len(masks), -1).sum(1) == 0
+    empty = masks.sum((1, 2)) == 0
     keep = ~empty
     full = np.asfortranarray(masks[keep].transpose(1, 2, 0).astype(np.uint8))
     rles = mask_utils.encode(full) if keep.any() else []
