@@ -40,7 +40,7 @@ class StitchSettings:
     # Proposals whose objectness is below this never reach the RoI heads (torchvision's
     # rpn.score_thresh, 0 by default). The heads' cost is per proposal and dominates on CPU;
     # a sparse tile has a few dozen real proposals among its 1,000. Measured on the sample's
-    # test images: identical detections and metrics, 1.5x faster (README, Performance).
+    # test images (bench/predict.py): identical detections, 1.08x faster on CPU.
     rpn_score_thresh: float = 0.05
 
 
