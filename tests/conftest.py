@@ -168,6 +168,20 @@ def save_tiny_checkpoint(path: Path, raw: dict, name: str = "custom", seed: int 
     return path
 
 
+def tiny_inference():
+    """Inference settings for untrained tiny models: keep every detection, small input scale."""
+    from livecellseg.models import InferenceSettings
+
+    return InferenceSettings(
+        score_thresh=0.0,  # untrained: keep everything so there is something to stitch
+        detections_per_img=30,
+        rpn_pre_nms_top_n=100,
+        rpn_post_nms_top_n=50,
+        min_size=64,
+        max_size=96,
+    )
+
+
 def small_image(seed: int = 1, width: int = 176, height: int = 130):
     """A sample image (uint8, height x width) and its cell polygons."""
     (_, _, image, polys), *_ = generate(

@@ -8,17 +8,10 @@ import torch
 from livecellseg.cli import main
 from livecellseg.explain import explain_image, hook_targets, save_explanation
 from livecellseg.images import write_gray
-from livecellseg.models import InferenceSettings, build_model
-from tests.conftest import save_tiny_checkpoint, small_image
+from livecellseg.models import build_model
+from tests.conftest import save_tiny_checkpoint, small_image, tiny_inference
 
-TINY = InferenceSettings(
-    score_thresh=0.0,
-    detections_per_img=20,
-    rpn_pre_nms_top_n=100,
-    rpn_post_nms_top_n=50,
-    min_size=64,
-    max_size=96,
-)
+TINY = tiny_inference()
 
 
 @pytest.fixture(scope="module")

@@ -10,26 +10,16 @@ from pycocotools.coco import COCO
 
 from livecellseg.engine import CHECKPOINT_FORMAT
 from livecellseg.errors import LivecellsegError
-from livecellseg.models import InferenceSettings, build_model
+from livecellseg.models import build_model
 from livecellseg.predict import Predictor, StitchSettings, load_model, to_coco_results
-from livecellseg.sample import generate
+from tests.conftest import small_image, tiny_inference
 
-TINY = InferenceSettings(
-    score_thresh=0.0,  # an untrained model: keep everything so there is something to stitch
-    detections_per_img=30,
-    rpn_pre_nms_top_n=100,
-    rpn_post_nms_top_n=50,
-    min_size=64,
-    max_size=96,
-)
+TINY = tiny_inference()
 
 
 @pytest.fixture(scope="module")
 def image():
-    (_, _, img, _), *_ = generate(
-        n_images=1, empty_images=0, cell_lines=("BV2",), width=176, height=130, seed=1
-    )
-    return img
+    return small_image()[0]
 
 
 @pytest.fixture(scope="module")
