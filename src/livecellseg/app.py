@@ -126,6 +126,14 @@ class Segmenter:
                 self._predictions.popitem(last=False)
         return prediction
 
+    def explain(self, image: np.ndarray, checkpoint: Path):
+        """The explanation module's hooks and figures for one image (see explain.py)."""
+        from livecellseg.explain import explain_image
+
+        predictor = self.predictor(checkpoint)
+        with self._model_lock:
+            return explain_image(predictor.model, image, self.device)
+
     @staticmethod
     def view(prediction: Prediction, score: float) -> View:
         keep = np.flatnonzero(prediction.detections.scores > score)
@@ -174,7 +182,7 @@ def build_app(segmenter: Segmenter, checkpoints: dict[str, Path], examples: dict
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     import gradio as gr
 
-    from livecellseg.explain import explain_image, save_explanation
+    from livecellseg.explain import save_explanation
 
     work = Path(tempfile.mkdtemp(prefix="livecellseg-app-"))
     area_histogram(np.ones(3))  # imports pandas now, not on the first slider move
@@ -231,9 +239,7 @@ def build_app(segmenter: Segmenter, checkpoints: dict[str, Path], examples: dict
     def explain(source, ckpt_label):
         try:
             image, _ = load_image(require(source))
-            predictor = segmenter.predictor(checkpoint_path(ckpt_label))
-            with segmenter._model_lock:
-                exp = explain_image(predictor.model, image, segmenter.device)
+            exp = segmenter.explain(image, checkpoint_path(ckpt_label))
             files = save_explanation(exp, image, Path(tempfile.mkdtemp(dir=work)))
         except Exception as e:
             raise user_error(e) from None
