@@ -24,7 +24,7 @@ from torch import nn
 
 from livecellseg.datasets import gray_to_tensor
 from livecellseg.io import atomic_path, write_json
-from livecellseg.predict import whole_image_settings
+from livecellseg.predict import StitchSettings, whole_image_settings
 
 log = logging.getLogger(__name__)
 
@@ -158,7 +158,9 @@ def explain_image(
 
     pairs = [(m, on_module(n)) for n, m in hook_targets(model).items()]
     pairs += [(m, on_attention(n)) for n, m in attention_targets(model).items()]
-    scale = (7 / 3) ** 2  # the tile-to-image budget ratio, as in whole-image prediction
+    # proposal budgets scale from a tile to the whole image, as in whole-image prediction
+    tiling = StitchSettings()
+    scale = (tiling.grid / tiling.window) ** 2
     with hooks(pairs), whole_image_settings(model, h, w, scale):
         (out,) = model([gray_to_tensor(image).to(device)])
     order = []  # forward order, the FPN's levels in its place
