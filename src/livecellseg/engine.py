@@ -11,6 +11,7 @@ import logging
 import math
 import os
 import resource
+import sys
 import time
 from collections import defaultdict
 from dataclasses import dataclass
@@ -29,7 +30,7 @@ from tqdm import tqdm
 import livecellseg
 from livecellseg.datasets import TileDataset, collate
 from livecellseg.errors import LivecellsegError
-from livecellseg.io import atomic_path
+from livecellseg.io import atomic_path, remove_stale_temps
 from livecellseg.metrics import DetectionCounts
 from livecellseg.models import parameter_table, set_backbone_frozen
 
@@ -246,7 +247,20 @@ def _save_atomic(obj: dict, path: Path) -> None:
     # through a file object: torch.save names the zip's root after a path it is given, and
     # the temporary name is random, so saving to the path would change the bytes every run
     with atomic_path(path) as tmp, open(tmp, "wb") as f:
-        torch.save(obj, f)
+        torch.save(_interned(obj), f)
+
+
+def _interned(obj: Any) -> Any:
+    """The same structure with every string interned. Pickle writes a repeated object once,
+    so equal strings must be one object for a resumed run (whose optimizer keys came from a
+    loaded checkpoint) to save the same bytes as a run never stopped."""
+    if isinstance(obj, str):
+        return sys.intern(obj)
+    if isinstance(obj, dict):
+        return {_interned(k): _interned(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_interned(v) for v in obj)
+    return obj
 
 
 TRAINING_STATE = ("optimizer", "scheduler", "scaler")
@@ -323,6 +337,8 @@ def fit(
     scaler = torch.amp.GradScaler("cuda") if cfg.amp and device.type == "cuda" else None
 
     start_epoch, best_f1, best_epoch, ckpt = 0, -1.0, -1, None
+    if rank == 0 and (stale := remove_stale_temps(best_path) + remove_stale_temps(last_path)):
+        log.info("removed %d temporary checkpoint(s) left by a killed run", stale)
     if resume and last_path.exists():
         ckpt = load_checkpoint(last_path)
         if ckpt.get("params") == run_meta and ckpt["epoch"] < cfg.epochs:
@@ -378,6 +394,8 @@ def fit(
                     scaler.load_state_dict(ckpt["scaler"])
             phase_index = i
             global_step = epoch * len(loader)
+            if ckpt is not None and live is not None:  # a killed run logged past its checkpoint
+                _trim_live_logs(live_dir, epoch_step=epoch, batch_step=global_step)
         train_set.set_epoch(epoch)
 
         def on_step(values, _epoch=epoch):
@@ -428,9 +446,6 @@ def fit(
                 "val": val,
                 "versions": versions(),
             }
-            if improved:
-                _save_atomic(state, best_path)
-            _save_atomic(state, last_path)
             live.step = epoch + 1
             for k, v in stats.items():
                 live.log_metric(f"epoch/train_{k}", v)
@@ -441,6 +456,10 @@ def fit(
             live.log_metric("epoch/time_s", epoch_time)
             live.log_metric("epoch/peak_memory_mb", peak_memory_bytes(device) / 2**20)
             _write_summary(live, run_meta, model, best_f1, best_epoch, cfg, epoch + 1)
+            # after the logs: a kill between the two is trimmed and redone on resume
+            if improved:
+                _save_atomic(state, best_path)
+            _save_atomic(state, last_path)
             log.info(
                 "epoch %d/%d (phase %d): loss %.4f, val F1 %.4f, mIoU %.4f, %.1f s",
                 epoch + 1,
@@ -458,6 +477,30 @@ def fit(
     if distributed:
         dist.destroy_process_group()
     return summary
+
+
+def _trim_live_logs(live_dir: Path, *, epoch_step: int, batch_step: int) -> None:
+    """Drop dvclive rows logged after the checkpoint being resumed (dvclive appends), so a
+    resumed run's curves hold each step once, as an uninterrupted run's do."""
+    for tsv in sorted(Path(live_dir, "plots", "metrics").rglob("*.tsv")):
+        last = epoch_step if tsv.parent.name == "epoch" else batch_step
+        text = tsv.read_text()
+        header, *rows = text.splitlines()
+        col = header.split("\t").index("step")
+        keep = [r for r in rows if _step_of(r, col, len(header.split("\t"))) <= last]
+        trimmed = "\n".join([header, *keep, ""])
+        if trimmed != text:
+            with atomic_path(tsv) as tmp:
+                tmp.write_text(trimmed)
+
+
+def _step_of(row: str, col: int, n_cols: int) -> float:
+    fields = row.split("\t")
+    try:  # a row cut short by the kill counts as after the checkpoint
+        float(fields[-1])
+        return int(fields[col]) if len(fields) == n_cols else math.inf
+    except ValueError:
+        return math.inf
 
 
 def _epoch_subset(train_set: TileDataset, cfg: FitConfig, epoch: int):

@@ -28,6 +28,18 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         raise
 
 
+def remove_stale_temps(path: str | Path) -> int:
+    """Delete temporaries of `path` left by a writer that was killed; return how many.
+
+    Only for paths one process writes at a time (a stage's own outputs, under DVC's lock).
+    """
+    path = Path(path)
+    stale = list(path.parent.glob(f".{path.name}.*.tmp")) if path.parent.is_dir() else []
+    for tmp in stale:
+        tmp.unlink(missing_ok=True)
+    return len(stale)
+
+
 @contextlib.contextmanager
 def _atomic_file(path: str | Path, **open_kwargs) -> Iterator[IO]:
     """A text file open for writing that replaces `path` only if the block succeeds."""
