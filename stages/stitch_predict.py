@@ -14,6 +14,7 @@ from livecellseg.engine import pick_device
 from livecellseg.evaluation import cell_line
 from livecellseg.images import read_gray
 from livecellseg.io import write_csv, write_json
+from livecellseg.models import MODEL_NAMES
 from livecellseg.predict import Predictor, load_model, stitch_settings, to_coco_results
 from livecellseg.stitch import StitchCounts
 from livecellseg.training import model_settings
@@ -25,7 +26,7 @@ log = logging.getLogger("stages.stitch_predict")
 def main(params, args) -> None:
     device = pick_device(params.train.device)
     inference, _ = model_settings(params)
-    model, ckpt = load_model(args.checkpoint, inference, device)
+    model, ckpt = load_model(args.checkpoint, inference, device, expect=args.model)
     predict = Predictor(model, device, stitch_settings(params))
     images = json.loads(args.split.read_text())["images"]
     log.info(
@@ -66,6 +67,9 @@ def main(params, args) -> None:
 
 def add_args(parser) -> None:
     parser.add_argument("--checkpoint", type=Path, required=True, help="trained model (.pt)")
+    parser.add_argument(
+        "--model", choices=MODEL_NAMES, required=True, help="the model the checkpoint must hold"
+    )
     parser.add_argument("--split", type=Path, required=True, help="COCO JSON of the images")
     parser.add_argument("--images", type=Path, required=True, help="directory of the images")
     parser.add_argument("--out", type=Path, required=True, help="COCO results JSON to write")

@@ -87,3 +87,19 @@ def test_rpn_score_threshold_prunes_proposals_before_the_heads(image):
         )
         assert model.rpn.score_thresh == thresh
     assert seen[1] < seen[0]  # fewer RoIs through the box head
+
+
+def test_coco_results_of_a_dense_image():
+    """LIVECell images hold up to ~2,000 cells; pycocotools' area() of >= 256 RLEs at once
+    overflows under numpy 2, so the results are built one RLE at a time."""
+    from pycocotools import mask as mask_utils
+
+    from livecellseg.stitch import ImageDetections
+
+    masks = np.zeros((40, 50, 300), np.uint8, order="F")
+    for i in range(300):
+        masks[i % 40, : 1 + i % 50, i] = 1
+    det = ImageDetections(list(mask_utils.encode(masks)), np.linspace(1, 0.1, 300))
+    results = to_coco_results(7, det)
+    assert [r["area"] for r in results] == [1 + i % 50 for i in range(300)]
+    assert all(r["bbox"][3] == 1 for r in results)

@@ -78,13 +78,17 @@ def load_image(path: str | Path) -> tuple[np.ndarray, list[str]]:
         raise DataError(f"{path}: file not found; check the path")
     try:
         if path.suffix.lower() in (".tif", ".tiff"):
-            img = tifffile.imread(path)
+            with tifffile.TiffFile(path) as tif:  # the size from the header, before decoding
+                _check_pixels(path, tif.series[0].shape)
+                img = tif.asarray()
         else:
             from PIL import Image
 
             Image.MAX_IMAGE_PIXELS = MAX_PIXELS
             with Image.open(path) as im:
                 img = np.asarray(im.convert("RGB") if im.mode in ("P", "CMYK", "YCbCr") else im)
+    except DataError:
+        raise
     except Exception as e:  # readers raise many types for damaged files
         raise DataError(
             f"{path}: cannot be read as an image ({type(e).__name__}: {e}); "
@@ -103,8 +107,7 @@ def load_image(path: str | Path) -> tuple[np.ndarray, list[str]]:
             f"{path}: expected a 2-D grayscale image, got shape {img.shape}; "
             "save one plane as an 8-bit gray image"
         )
-    if img.size > MAX_PIXELS:
-        raise DataError(f"{path}: {img.shape[1]}x{img.shape[0]} is too large; crop or split it")
+    _check_pixels(path, img.shape)
     if img.dtype == np.bool_:
         img = img.astype(np.uint8) * 255
     if img.dtype != np.uint8:
@@ -118,6 +121,15 @@ def load_image(path: str | Path) -> tuple[np.ndarray, list[str]]:
             notes.append(f"{img.dtype} rescaled to 8-bit ({lo:g}..{hi:g} -> 0..255)")
             img = np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
     return np.ascontiguousarray(img), notes
+
+
+def _check_pixels(path: Path, shape: tuple[int, ...]) -> None:
+    planes = shape[:-1] if len(shape) >= 3 and shape[-1] in (3, 4) else shape  # no channels
+    if int(np.prod(planes)) > MAX_PIXELS:
+        raise DataError(
+            f"{path}: {np.prod(planes) / 1e6:.0f} megapixels (shape {tuple(shape)}) is too "
+            f"large, the limit is {MAX_PIXELS / 1e6:.0f}; crop or split it"
+        )
 
 
 def write_labels(path: str | Path, labels: np.ndarray) -> None:

@@ -7,6 +7,7 @@ in full-image coordinates (RLE masks) either way, so evaluation, the CLI and the
 from __future__ import annotations
 
 import contextlib
+import logging
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal
@@ -24,6 +25,7 @@ from livecellseg.stitch import ImageDetections, StitchCounts, TileDetections, st
 from livecellseg.tiling import tile_windows
 from livecellseg.training import inference_settings
 
+log = logging.getLogger(__name__)
 Mode = Literal["stitched", "whole"]
 
 
@@ -76,16 +78,22 @@ def load_model(
     device: torch.device,
     *,
     score_thresh: float | None = None,
+    expect: str | None = None,
 ) -> tuple[torch.nn.Module, dict]:
     """A trained model in eval mode from a livecellseg checkpoint (weights_only loading).
 
     `inference=None` uses the settings the checkpoint was trained with; `score_thresh`
-    overrides the score threshold either way.
+    overrides the score threshold either way; `expect` names the model it must hold.
     """
     ckpt = load_checkpoint(Path(path))
     name = ckpt.get("name")
     if name not in MODEL_NAMES:
         raise LivecellsegError(f"{path}: checkpoint names no known model ({name!r})")
+    if expect is not None and name != expect:
+        raise LivecellsegError(
+            f"{path}: holds the {name} model, expected {expect}; "
+            f"put the train_{expect} stage's checkpoint there (dvc repro train_{expect})"
+        )
     if inference is None:
         inference = inference_settings(trained_model_config(ckpt, path))
     if score_thresh is not None:
@@ -137,6 +145,15 @@ class Predictor:
     ) -> tuple[ImageDetections, StitchCounts]:
         mode = mode or self.s.mode
         h, w = image.shape
+        if mode == "stitched" and min(h, w) < self.s.grid:
+            log.warning(
+                "a %dx%d image cannot be cut into %dx%d mini-tiles; predicting it whole",
+                w,
+                h,
+                self.s.grid,
+                self.s.grid,
+            )
+            mode = "whole"
         if mode == "whole":
             with whole_image_settings(self.model, h, w, (self.s.grid / self.s.window) ** 2):
                 (det,) = self.forward([image])
@@ -179,7 +196,8 @@ def to_coco_results(image_id: int, det: ImageDetections) -> list[dict]:
     if not det.rles:
         return []
     boxes = mask_utils.toBbox(det.rles)
-    areas = mask_utils.area(det.rles)
+    # one RLE at a time: pycocotools 2.0.11's area() of >= 256 RLEs overflows under numpy 2
+    areas = [mask_utils.area(rle) for rle in det.rles]
     return [
         {
             "image_id": image_id,
