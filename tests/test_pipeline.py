@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -33,7 +34,7 @@ def _copy_project(dst: Path) -> Path:
     return dst
 
 
-def _sh(args, cwd):
+def _sh(args, cwd, *, stdout_only=False):
     env = {
         **os.environ,
         "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
@@ -41,7 +42,7 @@ def _sh(args, cwd):
     }
     r = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True)
     assert r.returncode == 0, f"{args} failed:\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}"
-    return r.stdout + r.stderr
+    return r.stdout if stdout_only else r.stdout + r.stderr
 
 
 def _set_params(project: Path, **sections):
@@ -113,23 +114,60 @@ def test_real_livecell_path_from_a_local_server(project, tmp_path):
     )
 
 
-def test_full_pipeline_and_an_experiment(tmp_path, raw_params):
-    """dvc repro through evaluate on a tiny profile, then `dvc exp run -S model.lr=1e-4`:
-    exp show, metrics diff and plots diff all see both runs; only transfer reruns."""
+def _tiny_project(dst: Path, raw_params) -> Path:
+    """A fresh copy on the tiny profile, committed (dvclive needs a commit; a clone has one)."""
     from tests.conftest import tiny_train_params
-    from tests.test_plots_offline import CHROMIUM, rendered_plots
 
-    p = _copy_project(tmp_path)
+    p = _copy_project(dst)
     tiny = tiny_train_params(raw_params)
     _set_params(
         p,
         sample={"n_images": 6, "empty_images": 1, "cell_lines": ["A172", "BV2"]},
         **{k: tiny[k] for k in ("model", "train", "transfer", "custom")},
     )
-    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t"]
     _sh(["git", "add", "-A"], p)
-    _sh([*git, "commit", "-qm", "project"], p)  # dvclive needs a commit (a clone has one)
+    _sh([*GIT, "commit", "-qm", "project"], p)
+    return p
+
+
+GIT = ["git", "-c", "user.name=t", "-c", "user.email=t@t"]
+
+
+def _lock_outs(project: Path) -> dict[str, str]:
+    """Every output's hash in dvc.lock, but dvclive's plots (they hold epoch time and memory)."""
+    lock = yaml.safe_load((project / "dvc.lock").read_text())
+    return {
+        out["path"]: out["md5"]
+        for name, stage in lock["stages"].items()
+        for out in stage.get("outs", [])
+        if not out["path"].endswith("/plots/metrics")
+    }
+
+
+def _changed_stages(project: Path) -> set[str]:
+    status = json.loads(_sh(["dvc", "status", "--json"], project, stdout_only=True))
+    return {name for name in status if not name.startswith("data.dvc")}
+
+
+def test_full_pipeline_twice_identical_then_an_experiment(tmp_path, raw_params):
+    """dvc repro through evaluate on a tiny profile in two fresh copies: the same metrics and
+    outputs to the bit. A param change reruns only the stages that read it. Then
+    `dvc exp run -S model.lr=1e-4`: exp show, metrics diff and plots diff see both runs."""
+    from tests.test_plots_offline import CHROMIUM, rendered_plots
+
+    p = _tiny_project(tmp_path / "a", raw_params)
+    q = _tiny_project(tmp_path / "b", raw_params)
     _sh(["dvc", "repro"], p)
+    _sh(["dvc", "repro"], q)
+    metrics = sorted(f.relative_to(p) for f in (p / "metrics").rglob("*.json"))
+    assert len(metrics) == 6  # subset, tile, two training summaries, two evaluations
+    for f in metrics:
+        assert (p / f).read_text() == (q / f).read_text(), f
+    assert _lock_outs(p) == _lock_outs(q) and len(_lock_outs(p)) >= 14
+    curves = sorted(f.relative_to(p) for f in (p / "metrics").rglob("*.tsv"))
+    for f in curves:  # every logged curve, but time and memory
+        if f.name not in ("time_s.tsv", "peak_memory_mb.tsv"):
+            assert (p / f).read_text() == (q / f).read_text(), f
     for name in ("transfer", "custom"):
         m = json.loads((p / f"metrics/{name}.json").read_text())
         assert m["gt"] > 0 and {"f1", "miou", "ap", "ap50", "per_cell_line"} <= set(m)
@@ -137,9 +175,25 @@ def test_full_pipeline_and_an_experiment(tmp_path, raw_params):
         assert isinstance(results, list)
         assert (p / f"plots/{name}/precision_recall.csv").exists()
         assert len(list((p / f"plots/{name}/overlays").glob("*.png"))) == 1  # 1 test image
-    _sh(["git", "add", "-A"], p)
-    _sh([*git, "commit", "-qm", "base"], p)
 
+    # a param change: dvc status names the stages that read it, repro runs only those
+    assert _changed_stages(q) == set()
+    _set_params(q, evaluate={"score_thresh": 0.6})
+    assert _changed_stages(q) == {"evaluate@transfer", "evaluate@custom"}
+    _set_params(q, model={"lr": 1e-3})
+    assert _changed_stages(q) == {"train_transfer", "evaluate@transfer", "evaluate@custom"}
+    out = _sh(["dvc", "repro"], q)
+    ran = set(re.findall(r"Running stage '([^']+)'", out))
+    assert ran == {
+        "train_transfer",
+        "stitch_predict@transfer",
+        "evaluate@transfer",
+        "evaluate@custom",
+    }
+    assert _changed_stages(q) == set()
+
+    _sh(["git", "add", "-A"], p)
+    _sh([*GIT, "commit", "-qm", "base"], p)
     out = _sh(["dvc", "exp", "run", "-S", "model.lr=1e-4"], p)
     assert "Running stage 'train_transfer'" in out
     assert "Running stage 'train_custom'" not in out  # custom does not read model.lr
