@@ -230,3 +230,36 @@ def test_app_in_a_real_browser(setup, app_url, tmp_path):
         page.get_by_text("maximum", exact=False).first.wait_for(timeout=60_000)
         browser.close()
     assert external == []
+
+
+def test_twenty_concurrent_clients_through_the_api(setup, app_url, tmp_path):
+    """20 sessions at once (bench/app_load.py's bounded client): uploads of 4 images and a
+    non-image, each followed by /segment. No error but the non-image's message; every image
+    gets the library's count; the same image requested at once is predicted once."""
+    pytest.importorskip("gradio_client")
+    from bench.app_load import run_round
+
+    root, ckpt, _ = setup
+    images = []
+    seg = Segmenter("cpu")
+    expected = {}
+    for seed in range(4):
+        image, _ = small_image(seed=10 + seed)
+        path = tmp_path / f"BV2_Phase_A1_1_00d00h00m_{seed}.tif"
+        write_gray(path, image)
+        images.append(path)
+        expected[path.name] = seg.view(seg.predict(image, ckpt, "whole"), 0.3).count
+    junk = tmp_path / "junk.tif"
+    junk.write_bytes(b"not an image at all")
+    log = root / "app.log"
+    made_before = log.read_text().count("predicted ")
+
+    results = run_round(app_url, [*images, junk], 20, 20, "custom (best val F1)", "whole", 0.3)
+    assert len(results) == 20
+    errors = [r for r in results if "error" in r]
+    assert {r["image"] for r in errors} == {"junk.tif"} and len(errors) == 4
+    assert all("cannot be read as an image" in r["error"] for r in errors), errors[0]
+    for r in results:
+        if "cells" in r:
+            assert r["cells"] == expected[r["image"]], r
+    assert log.read_text().count("predicted ") - made_before == 4  # once per image

@@ -92,6 +92,7 @@ class Segmenter:
         self._max_models, self._max_predictions = max_models, max_predictions
         self._model_lock = threading.Lock()  # whole-image mode re-configures the model in place
         self._cache_lock = threading.Lock()
+        self._pending: dict[tuple, threading.Lock] = {}  # one lock per prediction being made
 
     def predictor(self, checkpoint: Path) -> Predictor:
         key = (str(checkpoint), checkpoint.stat().st_mtime_ns)
@@ -108,23 +109,45 @@ class Segmenter:
         return predictor
 
     def predict(self, image: np.ndarray, checkpoint: Path, mode: Mode) -> Prediction:
+        """The cached prediction, or a new one. Requests for the same prediction at once
+        wait for the first instead of running the model again."""
         digest = hashlib.sha1(image.tobytes()).hexdigest()
         key = (digest, image.shape, str(checkpoint), checkpoint.stat().st_mtime_ns, mode)
         with self._cache_lock:
-            if key in self._predictions:
-                self._predictions.move_to_end(key)
-                return self._predictions[key]
+            pending = self._pending.setdefault(key, threading.Lock())
+        try:
+            with pending:
+                with self._cache_lock:
+                    if key in self._predictions:
+                        self._predictions.move_to_end(key)
+                        return self._predictions[key]
+                prediction = self._predict(image, checkpoint, mode)
+                with self._cache_lock:
+                    self._predictions[key] = prediction
+                    while len(self._predictions) > self._max_predictions:
+                        self._predictions.popitem(last=False)
+                return prediction
+        finally:
+            with self._cache_lock:
+                if self._pending.get(key) is pending:
+                    del self._pending[key]
+
+    def _predict(self, image: np.ndarray, checkpoint: Path, mode: Mode) -> Prediction:
         predictor = self.predictor(checkpoint)
         t0 = time.perf_counter()
         with self._model_lock:
             det, _ = predictor(image, mode)
         seconds = time.perf_counter() - t0
-        prediction = Prediction(image, det, cell_pixels(det.rles, image.shape), seconds)
-        with self._cache_lock:
-            self._predictions[key] = prediction
-            while len(self._predictions) > self._max_predictions:
-                self._predictions.popitem(last=False)
-        return prediction
+        h, w = image.shape
+        log.info(
+            "predicted a %dx%d image, %s mode: %d cells in %.1f s",
+            w,
+            h,
+            mode,
+            len(det.rles),
+            seconds,
+        )
+        return Prediction(image, det, cell_pixels(det.rles, image.shape), seconds)
 
     def explain(self, image: np.ndarray, checkpoint: Path):
         """The explanation module's hooks and figures for one image (see explain.py)."""
@@ -336,20 +359,31 @@ def build_app(segmenter: Segmenter, checkpoints: dict[str, Path], examples: dict
 
         outputs = [overlay, count, mean_area, summary, hist, downloads]
         inputs = [source, ckpt, mode, score]
-        upload.upload(lambda f: f, upload, source).then(segment, inputs, outputs)
-        example.input(lambda e: str(examples[e]) if e else None, example, source).then(
-            segment, inputs, outputs
+        # API (gradio_client, one session per client): /upload or /example, then /segment
+        upload.upload(lambda f: f, upload, source, api_name="upload").then(
+            segment, inputs, outputs, api_name="segment"
         )
-        run.click(segment, inputs, outputs)
+        hidden = {"api_visibility": "undocumented"}
+        example.input(
+            lambda e: str(examples[e]) if e else None, example, source, api_name="example"
+        ).then(segment, inputs, outputs, **hidden)
+        run.click(segment, inputs, outputs, **hidden)
 
         def resegment(source, *rest):  # a control moved: nothing to redo before an image
             return segment(source, *rest) if source else tuple(gr.skip() for _ in outputs)
 
         for control in (ckpt, mode):
-            control.input(resegment, inputs, outputs)
+            control.input(resegment, inputs, outputs, **hidden)
         # cached: only the newest value matters while the slider moves
-        score.input(resegment, inputs, outputs, show_progress="hidden", trigger_mode="always_last")
-        explain_btn.click(explain, [source, ckpt], [importance, gallery])
+        score.input(
+            resegment,
+            inputs,
+            outputs,
+            show_progress="hidden",
+            trigger_mode="always_last",
+            **hidden,
+        )
+        explain_btn.click(explain, [source, ckpt], [importance, gallery], api_name="explain")
     demo.livecellseg_workdir = work
     return demo
 
