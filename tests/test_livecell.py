@@ -165,6 +165,12 @@ def test_zip_slip_is_refused(tmp_path):
     with pytest.raises(DataError, match="outside"):
         safe_extract(evil, tmp_path / "target")
     assert not (tmp_path / "escaped.txt").exists()
+    absolute = tmp_path / "absolute.zip"
+    with zipfile.ZipFile(absolute, "w") as zf:
+        zf.writestr(str(tmp_path / "abs.txt"), b"x")  # an absolute member name
+    with pytest.raises(DataError, match="would be written outside"):
+        safe_extract(absolute, tmp_path / "target")
+    assert not (tmp_path / "abs.txt").exists()
     assert not (tmp_path / "target" / "images" / "ok.tif").exists()  # nothing extracted
     (tmp_path / "bad.zip").write_bytes(b"not a zip")
     with pytest.raises(DataError, match="not a valid zip"):

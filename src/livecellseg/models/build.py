@@ -107,7 +107,7 @@ def load_transfer_weights(model: MaskRCNN, weights: str) -> bool:
     if weights == "coco":
         try:
             state = MaskRCNN_ResNet50_FPN_Weights.COCO_V1.get_state_dict(
-                progress=True, check_hash=True
+                progress=True, check_hash=True, weights_only=True
             )
         except Exception as e:  # offline: URLError, socket errors, HTTP errors
             log.warning(
@@ -125,7 +125,13 @@ def load_transfer_weights(model: MaskRCNN, weights: str) -> bool:
             raise LivecellsegError(
                 f"{path}: transfer.weights file not found; use 'coco', 'none' or an existing .pth"
             )
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as e:  # a damaged file, or a pickle that is more than tensors
+            raise LivecellsegError(
+                f"{path}: transfer.weights is not a loadable state_dict ({type(e).__name__}); "
+                "point it at torchvision's maskrcnn_resnet50_fpn .pth file"
+            ) from None
     model.load_state_dict(state)
     return True
 
