@@ -79,6 +79,10 @@ def load_image(path: str | Path) -> tuple[np.ndarray, list[str]]:
     try:
         if path.suffix.lower() in (".tif", ".tiff"):
             with tifffile.TiffFile(path) as tif:  # the size from the header, before decoding
+                if not tif.series:
+                    raise DataError(
+                        f"{path}: holds no image data (corrupt or truncated); replace the file"
+                    )
                 _check_pixels(path, tif.series[0].shape)
                 img = tif.asarray()
         else:
