@@ -194,7 +194,9 @@ def test_full_pipeline_twice_identical_then_an_experiment(tmp_path, raw_params):
     _sh([*GIT, "commit", "-qm", "base"], p)
     out = _sh(["dvc", "exp", "run", "-S", "model.lr=1e-4"], p)
     ran = set(re.findall(r"Running stage '([^']+)'", out))
-    assert ran == {"train_transfer", "stitch_predict@transfer", "evaluate@transfer"}, out[-3000:]
+    assert {"train_transfer", "stitch_predict@transfer"} <= ran, out[-3000:]
+    # evaluate@transfer too when the predictions changed (a tiny model may predict nothing)
+    assert ran <= {"train_transfer", "stitch_predict@transfer", "evaluate@transfer"}, ran
     shown = _sh(["dvc", "exp", "show", "--no-pager", "--csv"], p)
     assert "0.0001" in shown and "0.005" in shown
     _sh(["dvc", "metrics", "diff", "HEAD", "--all"], p)
