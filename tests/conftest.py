@@ -188,3 +188,17 @@ def small_image(seed: int = 1, width: int = 176, height: int = 130):
         n_images=1, empty_images=0, cell_lines=("BV2",), width=width, height=height, seed=seed
     )
     return image, polys
+
+
+def train_custom_args(params: Path, tiles: Path, out: Path) -> list[str]:
+    """`python -m stages.train_custom ...` as dvc.yaml runs it, writing under `out`."""
+    import sys
+
+    return [
+        sys.executable,
+        "-m",
+        "stages.train_custom",
+        *("--params", str(params), "--tiles", str(tiles)),
+        *("--out", str(out / "custom.pt"), "--last", str(out / "custom_last.pt")),
+        *("--live", str(out / "live")),
+    ]

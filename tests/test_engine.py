@@ -13,7 +13,7 @@ from livecellseg import engine
 from livecellseg.config import parse_params
 from livecellseg.errors import LivecellsegError
 from livecellseg.training import train_model
-from tests.conftest import ROOT, make_tiles, tiny_train_params
+from tests.conftest import ROOT, make_tiles, tiny_train_params, train_custom_args
 
 
 @pytest.fixture(scope="module")
@@ -141,24 +141,9 @@ def test_ddp_two_cpu_processes(tiles, tmp_path, raw_params):
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     out = tmp_path / "out"
     r = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--standalone",
-            "--nproc_per_node=2",
-            "-m",
-            "stages.train_custom",
-            "--params",
-            str(tmp_path / "params.yaml"),
-            "--tiles",
-            str(tiles),
-            "--out",
-            str(out / "custom.pt"),
-            "--last",
-            str(out / "custom_last.pt"),
-            "--live",
-            str(out / "live"),
+        [  # the stage's command, started by torchrun instead of python
+            *(sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"),
+            *train_custom_args(tmp_path / "params.yaml", tiles, out)[1:],
         ],
         cwd=ROOT,
         capture_output=True,

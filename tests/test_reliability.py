@@ -12,7 +12,7 @@ import torch
 import yaml
 
 from livecellseg import engine
-from tests.conftest import ROOT, make_tiles, tiny_train_params
+from tests.conftest import ROOT, make_tiles, tiny_train_params, train_custom_args
 
 STEPS_PER_EPOCH = 4  # max_tiles_per_epoch 8 / batch_size 2
 
@@ -31,21 +31,7 @@ def setup(tmp_path_factory, raw_params):
 
 def _stage(base, out):
     return subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "stages.train_custom",
-            "--params",
-            str(base / "params.yaml"),
-            "--tiles",
-            str(base / "tiles"),
-            "--out",
-            str(out / "custom.pt"),
-            "--last",
-            str(out / "custom_last.pt"),
-            "--live",
-            str(out / "live"),
-        ],
+        train_custom_args(base / "params.yaml", base / "tiles", out),
         cwd=ROOT,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
