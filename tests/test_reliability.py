@@ -118,3 +118,16 @@ def test_a_truncated_checkpoint_stops_the_stage_with_one_line(setup, tmp_path):
         "delete it and retrain"
     ), err[-2000:]
     assert "Traceback" not in err and not (out / "custom.pt").exists()
+
+
+def test_a_stage_output_directory_replaces_what_a_killed_run_left(tmp_path):
+    from livecellseg.io import atomic_dir
+
+    out = tmp_path / "tiles"
+    stale = tmp_path / ".tiles.k1ll3d.tmp"  # what a SIGKILL inside `with atomic_dir` leaves
+    (stale / "train").mkdir(parents=True)
+    (stale / "train" / "half.tif").write_bytes(b"half")
+    with atomic_dir(out) as tmp:
+        (tmp / "done.json").write_text("{}")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["tiles"]
+    assert [p.name for p in out.iterdir()] == ["done.json"]

@@ -5,12 +5,15 @@ from __future__ import annotations
 import contextlib
 import csv
 import json
+import logging
 import os
 import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
+
+log = logging.getLogger(__name__)
 
 
 @contextlib.contextmanager
@@ -63,9 +66,15 @@ def write_csv(path: str | Path, rows: list[dict[str, Any]]) -> None:
 
 @contextlib.contextmanager
 def atomic_dir(path: str | Path) -> Iterator[Path]:
-    """Yield an empty temporary directory that replaces `path` only if the block succeeds."""
+    """Yield an empty temporary directory that replaces `path` only if the block succeeds.
+
+    For a stage's output directory (one writer at a time, under DVC's lock): temporaries a
+    killed run left beside it are removed first."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    for stale in path.parent.glob(f".{path.name}.*.tmp"):  # left by a killed run of the stage
+        log.info("removing %s, left by an interrupted run", stale)
+        shutil.rmtree(stale, ignore_errors=True)
     tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
     try:
         yield tmp
