@@ -442,7 +442,8 @@ def test_predict_command_segments_what_it_can_and_counts_what_it_skips(raw_param
         in r.stdout
     )
     assert "too large, the limit is 64; crop or split it" in rows["huge.tif"]["status"]
-    assert "cannot be read as an image" in rows["corrupt.tif"]["status"]
+    assert "holds no image data (corrupt or truncated)" in rows["corrupt.tif"]["status"]
+    assert "cannot be read as an image" in rows["empty.png"]["status"]
     assert tifffile.imread(out / "tiny_labels.tif").shape == (5, 40)
     assert "cannot be cut into 7x7 mini-tiles; predicting it whole" in r.stderr
     assert sorted(p.name for p in out.iterdir() if p.name.startswith(".")) == []
