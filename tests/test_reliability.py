@@ -131,3 +131,16 @@ def test_a_stage_output_directory_replaces_what_a_killed_run_left(tmp_path):
         (tmp / "done.json").write_text("{}")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["tiles"]
     assert [p.name for p in out.iterdir()] == ["done.json"]
+
+
+def test_dvclive_rows_after_the_checkpoint_are_dropped_on_resume(tmp_path):
+    metrics = tmp_path / "plots" / "metrics"
+    (metrics / "batch").mkdir(parents=True)
+    (metrics / "epoch").mkdir()
+    (metrics / "batch" / "loss.tsv").write_text("step\tloss\n1\t0.5\n2\t0.4\n3\t0.3\n4\t0.")
+    (metrics / "epoch" / "val_f1.tsv").write_text("step\tval_f1\n1\t0.1\n2\t0.2\n")
+    (metrics / "epoch" / "lr.tsv").write_text("ste")  # created, killed before the header ended
+    engine._trim_live_logs(tmp_path, epoch_step=1, batch_step=2)
+    assert (metrics / "batch" / "loss.tsv").read_text() == "step\tloss\n1\t0.5\n2\t0.4\n"
+    assert (metrics / "epoch" / "val_f1.tsv").read_text() == "step\tval_f1\n1\t0.1\n"
+    assert not (metrics / "epoch" / "lr.tsv").exists()  # dvclive writes it anew, header first

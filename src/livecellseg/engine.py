@@ -485,6 +485,9 @@ def _trim_live_logs(live_dir: Path, *, epoch_step: int, batch_step: int) -> None
     for tsv in sorted(Path(live_dir, "plots", "metrics").rglob("*.tsv")):
         last = epoch_step if tsv.parent.name == "epoch" else batch_step
         text = tsv.read_text()
+        if "\n" not in text:  # created by dvclive just before the kill: no complete row
+            tsv.unlink()
+            continue
         header, *rows = text.splitlines()
         col = header.split("\t").index("step")
         keep = [r for r in rows if _step_of(r, col, len(header.split("\t"))) <= last]
