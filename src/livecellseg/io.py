@@ -32,14 +32,18 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
 
 
 def remove_stale_temps(path: str | Path) -> int:
-    """Delete temporaries of `path` left by a writer that was killed; return how many.
+    """Delete the temporaries (files or directories) of `path` that `atomic_path` or
+    `atomic_dir` left when their writer was killed; return how many.
 
     Only for paths one process writes at a time (a stage's own outputs, under DVC's lock).
     """
     path = Path(path)
     stale = list(path.parent.glob(f".{path.name}.*.tmp")) if path.parent.is_dir() else []
     for tmp in stale:
-        tmp.unlink(missing_ok=True)
+        if tmp.is_dir():
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            tmp.unlink(missing_ok=True)
     return len(stale)
 
 
@@ -72,9 +76,8 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
     killed run left beside it are removed first."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    for stale in path.parent.glob(f".{path.name}.*.tmp"):  # left by a killed run of the stage
-        log.info("removing %s, left by an interrupted run", stale)
-        shutil.rmtree(stale, ignore_errors=True)
+    if stale := remove_stale_temps(path):
+        log.info("removed %d temporary output(s) of %s left by an interrupted run", stale, path)
     tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
     try:
         yield tmp
