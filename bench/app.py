@@ -33,7 +33,7 @@ def main() -> None:
     from PIL import Image
 
     from livecellseg.app import Segmenter, area_histogram, respond
-    from livecellseg.engine import peak_memory_bytes
+    from livecellseg.runtime import peak_memory_bytes
 
     images = json.loads(args.split.read_text())["images"]
     # the densest images first: the slider's cost grows with the cells on the image

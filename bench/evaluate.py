@@ -88,6 +88,7 @@ def main() -> None:
 
     from pycocotools.cocoeval import COCOeval
 
+    from livecellseg.config import load_params
     from livecellseg.evaluation import MAX_DETS, _coco_gt, detection_metrics, evaluate
 
     gt_doc, results = synthetic(args.images, args.cells)
@@ -99,7 +100,9 @@ def main() -> None:
     }
 
     t0 = time.perf_counter()
-    metrics = detection_metrics(gt_doc, results)
+    cfg = load_params().evaluate
+    thresholds = {"score_thresh": cfg.score_thresh, "iou_thresh": cfg.iou_thresh}
+    metrics = detection_metrics(gt_doc, results, **thresholds)
     out["matching_s"] = round(time.perf_counter() - t0, 2)
 
     gt = _coco_gt(gt_doc)
@@ -112,7 +115,7 @@ def main() -> None:
         out["pycocotools_evaluate_s"] = round(time.perf_counter() - t0, 2)
 
     t0 = time.perf_counter()
-    full, _ = evaluate(gt_doc, results)
+    full, _ = evaluate(gt_doc, results, **thresholds)
     out["evaluate_all_s"] = round(time.perf_counter() - t0, 2)
 
     scale = args.target_images / args.images

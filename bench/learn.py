@@ -43,11 +43,11 @@ def main() -> None:
     import torch
 
     from livecellseg.config import parse_params
-    from livecellseg.engine import pick_device
     from livecellseg.evaluation import evaluate
     from livecellseg.images import read_gray
-    from livecellseg.predict import Predictor, load_model, stitch_settings, to_coco_results
-    from livecellseg.training import model_settings, train_model
+    from livecellseg.predict import Predictor, to_coco_results
+    from livecellseg.runtime import pick_device
+    from livecellseg.training import train_model
 
     raw = yaml.safe_load(Path("params.yaml").read_text())
     for section, values in PROFILE.items():
@@ -76,12 +76,10 @@ def main() -> None:
             train_s = time.perf_counter() - t
             rows = (out / "live/plots/metrics/epoch/val_f1.tsv").read_text().splitlines()
             val_f1 = [float(row.split("\t")[-1]) for row in rows[1:]]
-            inference, _ = model_settings(params)
-            model, _ = load_model(out / "best.pt", inference, device)
             if args.keep:
                 args.keep.mkdir(parents=True, exist_ok=True)
                 shutil.copy(out / "best.pt", args.keep / f"{name}.pt")
-            predict = Predictor(model, device, stitch_settings(params))
+            predict, _ = Predictor.from_checkpoint(out / "best.pt", device)
             report[name] = {
                 "pretrained": summary["pretrained"],
                 "train_s": round(train_s),
@@ -94,13 +92,18 @@ def main() -> None:
                     det, _ = predict(read_gray(args.images / im["file_name"]), mode)
                     results.extend(to_coco_results(im["id"], det))
                 predict_s = time.perf_counter() - t
-                metrics, _ = evaluate(gt, results)
+                metrics, _ = evaluate(
+                    gt,
+                    results,
+                    score_thresh=params.evaluate.score_thresh,
+                    iou_thresh=params.evaluate.iou_thresh,
+                )
                 report[name][mode] = {
                     "test": {k: round(v, 4) for k, v in metrics["overall"].items()},
                     "predict_s_per_image": round(predict_s / len(gt["images"]), 2),
                 }
             print(f"{name}: {report[name]}", file=sys.stderr)
-            del model
+            del predict
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
     print(json.dumps(report, indent=2))

@@ -20,6 +20,7 @@ import json
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -34,7 +35,7 @@ def load_images(args) -> list:
     return [read_gray(args.image_dir / n) for n in names]
 
 
-def naive_stitch(tiles, windows, height, width, min_owned=0.4):
+def naive_stitch(tiles, windows, height, width, s):
     """The seed's way: a Python loop per detection, a full-size mask each, no vectorisation."""
     from pycocotools import mask as mask_utils
 
@@ -43,7 +44,7 @@ def naive_stitch(tiles, windows, height, width, min_owned=0.4):
 
     rles, scores = [], []
     for det, win in zip(tiles, windows, strict=True):
-        owned = owned_box(win, height, width, 7, 3)
+        owned = owned_box(win, height, width, s.grid, s.window)
         for mask, score in zip(det.masks, det.scores, strict=True):
             full = np.zeros((height, width), np.uint8)
             full[win.y0 : win.y1, win.x0 : win.x1] = mask
@@ -54,26 +55,28 @@ def naive_stitch(tiles, windows, height, width, min_owned=0.4):
             ys, xs = np.nonzero(full)
             cy, cx = int(ys.mean()), int(xs.mean())
             centre = owned.y0 <= cy < owned.y1 and owned.x0 <= cx < owned.x1
-            if inside / area > min_owned or centre:
+            if inside / area > s.min_owned or centre:
                 rles.append(mask_utils.encode(np.asfortranarray(full)))
                 scores.append(score)
     scores = np.array(scores, np.float32)
-    return mask_nms(rles, scores, 0.5)
+    return mask_nms(rles, scores, s.nms_iou)
 
 
 def run_one(config: str, args) -> dict:
     import torch
 
-    from livecellseg.engine import peak_memory_bytes, pick_device
+    from livecellseg.models import apply_inference
     from livecellseg.predict import Predictor
+    from livecellseg.runtime import peak_memory_bytes, pick_device
     from livecellseg.tiling import tile_windows
 
     device = pick_device(args.device)
     predictor, _ = Predictor.from_checkpoint(args.model, device)
     if config == "ours_rpn0":  # every proposal through the heads (torchvision's default)
-        predictor.model.rpn.score_thresh = 0.0
+        infer = replace(predictor.settings.inference, rpn_score_thresh=0.0)
+        apply_inference(predictor.model, infer)
     images = load_images(args)
-    s = predictor.s
+    s = predictor.settings.stitch
     predictor(images[0][:200, :300], "whole")  # warm-up (allocator, lazy inits)
     cells = 0
     t0 = time.perf_counter()
@@ -99,7 +102,7 @@ def run_one(config: str, args) -> dict:
             tiles = []
             for crop in crops:
                 tiles.extend(predictor.forward([crop]))
-            cells += len(naive_stitch(tiles, windows, h, w))
+            cells += len(naive_stitch(tiles, windows, h, w, s))
     wall = time.perf_counter() - t0
     return {
         "config": config,

@@ -18,7 +18,7 @@ import time
 import numpy as np
 
 
-def tile_detections(n_cells: int, height: int, width: int, seed: int):
+def tile_detections(n_cells: int, height: int, width: int, seed: int, grid: int, window: int):
     from livecellseg.stitch import TileDetections
     from livecellseg.tiling import tile_windows
 
@@ -32,7 +32,7 @@ def tile_detections(n_cells: int, height: int, width: int, seed: int):
                 cy[i], cx[i] = y, x
                 break
     tiles = []
-    for win in tile_windows(height, width, 7, 3):
+    for win in tile_windows(height, width, grid, window):
         h, w = win.y1 - win.y0, win.x1 - win.x0
         yy, xx = np.mgrid[win.y0 : win.y1, win.x0 : win.x1]
         near = np.flatnonzero(
@@ -66,17 +66,25 @@ def main() -> None:
     p.add_argument("--repeat", type=int, default=3)
     args = p.parse_args()
 
+    from livecellseg.config import load_params
     from livecellseg.stitch import stitch
 
+    p = load_params()
+    settings = {
+        "grid": p.tile.grid,
+        "window": p.tile.window,
+        "min_owned": p.stitch.min_owned,
+        "nms_iou": p.stitch.nms_iou,
+    }
     height, width = 520, 704
     rows = []
     for n in args.cells:
-        tiles = tile_detections(n, height, width, seed=n)
+        tiles = tile_detections(n, height, width, n, settings["grid"], settings["window"])
         raw = sum(len(t.scores) for t in tiles)
         times = []
         for _ in range(args.repeat):
             t0 = time.perf_counter()
-            det, counts = stitch(tiles, height, width)
+            det, counts = stitch(tiles, height, width, **settings)
             times.append(time.perf_counter() - t0)
         rows.append(
             {

@@ -34,7 +34,7 @@ if mode == "stream":
 else:
     with open(root / "annotations" / "livecell_coco_train.json") as f:
         doc = json.load(f)
-    from livecellseg.images import cell_line_of
+    from livecellseg.livecell import cell_line_of
     from livecellseg.subset import choose_images
     images = [{**i, "cell_line": cell_line_of(i["file_name"])} for i in doc["images"]]
     ids = {img["id"] for img in choose_images(images, 100, (), 0)}

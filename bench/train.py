@@ -34,22 +34,22 @@ def measure(name: str, config: str, args: argparse.Namespace) -> dict:
 
     from livecellseg.config import load_params
     from livecellseg.datasets import TileDataset, collate
-    from livecellseg.engine import (
-        evaluate,
-        make_optimizer,
-        peak_memory_bytes,
-        pick_device,
-        seed_everything,
-        train_one_epoch,
+    from livecellseg.engine import evaluate, make_optimizer, train_one_epoch
+    from livecellseg.models import build_model
+    from livecellseg.runtime import peak_memory_bytes, pick_device, seed_everything
+    from livecellseg.settings import (
+        SamplingSettings,
+        fit_config,
+        inference_settings,
+        sampling_settings,
     )
-    from livecellseg.models import TrainSettings, build_model
-    from livecellseg.training import fit_config, model_settings
 
     params = load_params()
-    inference, sampling = model_settings(params)
+    inference = inference_settings(params.model, params.stitch)
+    sampling = sampling_settings(params.model)
     if config == "naive":  # torchvision's maskrcnn_resnet50_fpn defaults
         inference = replace(inference, min_size=800, max_size=1333)
-        sampling = TrainSettings(
+        sampling = SamplingSettings(
             rpn_pre_nms_top_n=2000, rpn_post_nms_top_n=2000, box_batch_size_per_image=512
         )
     cfg = fit_config(name, params)
@@ -65,7 +65,7 @@ def measure(name: str, config: str, args: argparse.Namespace) -> dict:
 
     def fresh_model():
         seed_everything(params.seed)
-        model, _ = build_model(name, inference=inference, train=sampling)
+        model, _ = build_model(name, inference=inference, sampling=sampling)
         return model.to(device)
 
     def loader(dataset):
@@ -125,6 +125,7 @@ def measure(name: str, config: str, args: argparse.Namespace) -> dict:
             device,
             mask_thresh=cfg.mask_thresh,
             score_thresh=cfg.val_score_thresh,
+            iou_thresh=cfg.val_iou_thresh,
             max_detections=cfg.val_detections_per_tile,
         )
     return out

@@ -38,7 +38,7 @@ case "$cmd" in
     repro) exec dvc repro "$@" ;;
     test) exec python -m pytest "$@" ;;
     get-livecell)
-        python -m livecellseg.livecell data/livecell "$@"
+        livecellseg get-livecell data/livecell "$@"
         dvc commit --force data.dvc
         echo "LIVECell is in data/livecell; run it with: bash scripts/run.sh dvc exp run -S data.source=livecell" ;;
     *) exec "$cmd" "$@" ;;

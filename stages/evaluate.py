@@ -7,9 +7,10 @@ import logging
 from pathlib import Path
 
 from livecellseg.coco import to_rle
-from livecellseg.evaluation import cell_line, evaluate
+from livecellseg.evaluation import evaluate
 from livecellseg.images import read_gray
 from livecellseg.io import atomic_dir, write_csv, write_json
+from livecellseg.livecell import cell_line
 from livecellseg.visualize import overlay, save_png
 from stages.common import run_stage
 

@@ -10,14 +10,15 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from livecellseg.engine import pick_device
-from livecellseg.evaluation import cell_line
+from livecellseg.errors import LivecellsegError
 from livecellseg.images import read_gray
 from livecellseg.io import write_csv, write_json
+from livecellseg.livecell import cell_line
 from livecellseg.models import MODEL_NAMES
-from livecellseg.predict import Predictor, load_model, stitch_settings, to_coco_results
+from livecellseg.predict import Predictor, to_coco_results
+from livecellseg.runtime import pick_device
+from livecellseg.settings import differences, predict_settings
 from livecellseg.stitch import StitchCounts
-from livecellseg.training import model_settings
 from stages.common import run_stage
 
 log = logging.getLogger("stages.stitch_predict")
@@ -25,9 +26,13 @@ log = logging.getLogger("stages.stitch_predict")
 
 def main(params, args) -> None:
     device = pick_device(params.train.device)
-    inference, _ = model_settings(params)
-    model, ckpt = load_model(args.checkpoint, inference, device, expect=args.model)
-    predict = Predictor(model, device, stitch_settings(params))
+    predict, ckpt = Predictor.from_checkpoint(args.checkpoint, device, expect=args.model)
+    # the checkpoint's settings are what the CLI and the app predict with: they must be these
+    if changed := differences(predict.settings, predict_settings(params)):
+        raise LivecellsegError(
+            f"{args.checkpoint}: trained with other settings than {args.params} "
+            f"({', '.join(changed)}); retrain it: dvc repro train_{args.model}"
+        )
     images = json.loads(args.split.read_text())["images"]
     log.info(
         "%s (epoch %s, val F1 %.3f) on %d images, %s mode, %s",

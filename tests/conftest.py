@@ -9,8 +9,7 @@ import pytest
 import yaml
 
 from livecellseg.images import write_gray
-from livecellseg.livecell import image_dir, write_coco
-from livecellseg.sample import generate, polygon_annotation
+from livecellseg.sample import generate, polygon_annotation, write_livecell_root
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -35,29 +34,18 @@ def make_livecell_root(
     seed: int = 0,
     lines: tuple[str, ...] = ("A172", "BV2", "MCF7", "SHSY5Y"),
 ) -> Path:
-    """A LIVECell-format data root: images/<split dir>/<line>/*.tif + annotations/*.json."""
-    docs = {s: ([], []) for s in ("train", "val", "test")}
-    ann_id = 1
-    for i, (name, line, image, polys) in enumerate(
-        generate(
-            n_images=n_images,
-            empty_images=empty,
-            cell_lines=lines,
-            width=width,
-            height=height,
-            seed=seed,
-        )
-    ):
-        split = ("train", "val", "test")[i % 3]
-        path = root / image_dir(split) / line / name
-        path.parent.mkdir(parents=True, exist_ok=True)
-        write_gray(path, image)
-        docs[split][0].append({"id": i + 1, "file_name": name, "width": width, "height": height})
-        for p in polys:
-            docs[split][1].append(polygon_annotation(ann_id, i + 1, p))
-            ann_id += 1
-    for split, (imgs, anns) in docs.items():
-        write_coco(root / "annotations" / f"livecell_coco_{split}.json", imgs, anns)
+    """A LIVECell-format data root: images/<split dir>/<line>/*.tif + annotations/*.json;
+    image i goes to train, val, test in turn."""
+    write_livecell_root(
+        root,
+        n_images=n_images,
+        empty_images=empty,
+        cell_lines=lines,
+        width=width,
+        height=height,
+        seed=seed,
+        splits=("train", "val", "test"),
+    )
     return root
 
 
@@ -67,9 +55,17 @@ def livecell_root(tmp_path) -> Path:
 
 
 def make_tiles(
-    out: Path, *, n_images: int = 6, width: int = 140, height: int = 105, seed: int = 0
+    out: Path,
+    *,
+    n_images: int = 6,
+    width: int = 140,
+    height: int = 105,
+    seed: int = 0,
+    grid: int = 7,
+    window: int = 3,
 ) -> Path:
-    """A tile-stage output (train/val/test JSON + tile TIFFs) from small sample images."""
+    """A tile-stage output (train/val/test JSON + tile TIFFs) from small sample images; the
+    images are in out/_images and their split's COCO documents in out/_split/."""
     from livecellseg.tileset import tile_split
 
     docs = {
@@ -100,9 +96,13 @@ def make_tiles(
             )
     import json
 
+    (out / "_split").mkdir()
     for split, doc in docs.items():
-        tiles, _ = tile_split(doc, images_dir, out / split, grid=7, window=3, min_visible=0.3)
+        tiles, _ = tile_split(
+            doc, images_dir, out / split, grid=grid, window=window, min_visible=0.3
+        )
         (out / f"{split}.json").write_text(json.dumps(tiles))
+        (out / "_split" / f"{split}.json").write_text(json.dumps(doc))
     return out
 
 
@@ -133,34 +133,67 @@ def tiny_train_params(raw: dict, **overrides) -> dict:
     return p
 
 
+def default_params():
+    """params.yaml as the pipeline reads it."""
+    from livecellseg.config import load_params
+
+    return load_params(ROOT / "params.yaml")
+
+
+def default_model_settings():
+    """(InferenceSettings, SamplingSettings) of params.yaml: what build_model takes."""
+    from livecellseg.settings import inference_settings, sampling_settings
+
+    p = default_params()
+    return inference_settings(p.model, p.stitch), sampling_settings(p.model)
+
+
+def build(name: str, **inference):
+    """build_model with params.yaml's settings, inference settings overridden by keyword."""
+    from dataclasses import replace
+
+    from livecellseg.models import build_model
+
+    infer, sampling = default_model_settings()
+    return build_model(name, inference=replace(infer, **inference), sampling=sampling)[0]
+
+
+TINY_MODEL = {  # an untrained tiny model at inference: small input scale and budgets
+    "min_size": 64,
+    "max_size": 96,
+    "rpn_pre_nms_top_n_test": 100,
+    "rpn_post_nms_top_n_test": 50,
+    "detections_per_img": 30,
+}
+
+
 def save_tiny_checkpoint(path: Path, raw: dict, name: str = "custom", seed: int = 0) -> Path:
     """An untrained model's checkpoint, tiny at inference (small input scale and budgets),
     in the training stage's format: what the CLI and the app load."""
     import torch
 
-    from livecellseg.config import ModelConfig
-    from livecellseg.engine import CHECKPOINT_FORMAT
+    from livecellseg.checkpoint import FORMAT
+    from livecellseg.config import parse_params
     from livecellseg.models import build_model
+    from livecellseg.settings import inference_settings, recorded_params, sampling_settings
 
-    model_params = dict(raw["model"]) | {
-        "min_size": 64,
-        "max_size": 96,
-        "rpn_pre_nms_top_n_test": 100,
-        "rpn_post_nms_top_n_test": 50,
-        "detections_per_img": 30,
-    }
-    ModelConfig(**model_params)  # valid, as training would have checked
+    params = parse_params(copy.deepcopy(raw) | {"model": dict(raw["model"]) | TINY_MODEL})
     torch.manual_seed(seed)
-    model, _ = build_model(name)
+    model, _ = build_model(
+        name,
+        inference=inference_settings(params.model, params.stitch),
+        sampling=sampling_settings(params.model),
+    )
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save(
         {
-            "format": CHECKPOINT_FORMAT,
+            "format": FORMAT,
             "name": name,
             "model": model.state_dict(),
             "optimizer": {},
             "epoch": 1,
-            "params": {"model": name, "params": {"model": model_params}},
+            "params": recorded_params(name, params),
+            "run": {"pretrained": False, "data": "none"},
             "val": {"f1": 0.0},
         },
         path,
@@ -170,9 +203,11 @@ def save_tiny_checkpoint(path: Path, raw: dict, name: str = "custom", seed: int 
 
 def tiny_inference():
     """Inference settings for untrained tiny models: keep every detection, small input scale."""
-    from livecellseg.models import InferenceSettings
+    from dataclasses import replace
 
-    return InferenceSettings(
+    infer, _ = default_model_settings()
+    return replace(
+        infer,
         score_thresh=0.0,  # untrained: keep everything so there is something to stitch
         detections_per_img=30,
         rpn_pre_nms_top_n=100,
@@ -180,6 +215,17 @@ def tiny_inference():
         min_size=64,
         max_size=96,
     )
+
+
+def tiny_predict_settings(**stitch):
+    """PredictSettings of an untrained tiny model; stitch settings overridden by keyword."""
+    from dataclasses import replace
+
+    from livecellseg.settings import PredictSettings, stitch_settings
+
+    p = default_params()
+    base = stitch_settings(p.model, p.tile, p.stitch, p.train)
+    return PredictSettings(tiny_inference(), replace(base, **stitch))
 
 
 def small_image(seed: int = 1, width: int = 176, height: int = 130):

@@ -1,5 +1,7 @@
-"""The app: Segmenter's caches and views (no browser), then the real app in headless Chromium."""
+"""The app: Segmenter's caches and views and the event handlers (plain functions, no Gradio),
+then the real app in headless Chromium."""
 
+import copy
 import io
 import json
 import os
@@ -15,7 +17,18 @@ import pytest
 import tifffile
 import torch
 
-from livecellseg.app import MIN_SCORE, Segmenter, find_checkpoints, find_examples
+from livecellseg.app import (
+    MAX_SCORE,
+    MIN_SCORE,
+    Segmenter,
+    checkpoint_score,
+    example_path,
+    explain,
+    find_checkpoints,
+    find_examples,
+    segment,
+)
+from livecellseg.errors import LivecellsegError
 from livecellseg.images import write_gray
 from livecellseg.predict import Predictor
 from tests.conftest import save_tiny_checkpoint, small_image
@@ -26,7 +39,9 @@ from tests.test_plots_offline import CHROMIUM
 def setup(tmp_path_factory, raw_params):
     root = tmp_path_factory.mktemp("app")
     ckpt = save_tiny_checkpoint(root / "models" / "custom.pt", raw_params)
-    save_tiny_checkpoint(root / "models" / "custom_last.pt", raw_params, seed=1)
+    last = copy.deepcopy(raw_params)
+    last["model"]["score_thresh"] = 0.3  # the slider moves to it when this checkpoint is chosen
+    save_tiny_checkpoint(root / "models" / "custom_last.pt", last, seed=1)
     image, _ = small_image()
     (root / "examples" / "sub").mkdir(parents=True)
     write_gray(root / "examples" / "sub" / "BV2_Phase_A1_1_00d00h00m_1.tif", image)
@@ -79,6 +94,86 @@ def test_model_cache_is_bounded(setup):
     assert seg.predictor(ckpt) is a
     seg.predictor(root / "models" / "custom_last.pt")
     assert seg.predictor(ckpt) is not a  # evicted, reloaded
+
+
+def test_segment_returns_what_the_segment_tab_shows(setup, tmp_path):
+    root, ckpt, image = setup
+    seg, checkpoints = Segmenter("cpu"), find_checkpoints(root / "models")
+    source = example_path(find_examples(root / "examples"), "BV2_Phase_A1_1_00d00h00m_1.tif")
+    result = segment(seg, checkpoints, source, "custom (best val F1)", "whole", 0.3, tmp_path)
+    view = seg.view(seg.predict(image, ckpt, "whole"), 0.3)
+    assert result.count == view.count > 0 and result.mean_area == round(view.mean_area, 1)
+    np.testing.assert_array_equal(result.overlay, view.overlay)
+    assert result.summary.startswith(f"**{view.count} cells** above score 0.30 · mean area")
+    assert "176x130 px · whole" in result.summary
+    assert result.histogram["cells"].sum() == view.count and result.notes == []
+    labels, coco = result.downloads
+    assert (
+        labels.name == "BV2_Phase_A1_1_00d00h00m_1_labels.tif" and labels.parent.parent == tmp_path
+    )
+    doc = json.loads(coco.read_text())
+    assert doc["images"][0]["file_name"] == "BV2_Phase_A1_1_00d00h00m_1.tif"
+    assert len(doc["annotations"]) == tifffile.imread(labels).max() == view.count
+    again = segment(seg, checkpoints, source, "custom (best val F1)", "whole", 0.3, tmp_path)
+    assert again.downloads == result.downloads  # the same request rewrites its files
+
+    empty = segment(seg, checkpoints, source, "custom (best val F1)", "whole", 1.0, tmp_path)
+    assert empty.count == 0 and empty.mean_area == 0 and empty.histogram.empty
+
+
+def test_handlers_refuse_what_the_user_can_fix(setup, tmp_path):
+    root, _, _ = setup
+    seg, checkpoints = Segmenter("cpu"), find_checkpoints(root / "models")
+    examples = find_examples(root / "examples")
+    source, label = next(iter(examples.values())), next(iter(checkpoints))
+    not_an_image = tmp_path / "fake.tif"
+    not_an_image.write_text("<html>not an image</html>")
+    for args, message in [
+        ((None, label, "whole", 0.3), "no image yet"),
+        ((source, None, "whole", 0.3), "no checkpoint chosen"),
+        ((source, "nope", "whole", 0.3), "no checkpoint chosen"),
+        ((source, label, "tiled", 0.3), "mode 'tiled'"),
+        ((source, label, "whole", 0.01), "score threshold 0.01"),
+        ((not_an_image, label, "whole", 0.3), "cannot be read as an image"),
+    ]:
+        with pytest.raises(LivecellsegError, match=message):
+            segment(seg, checkpoints, *args, tmp_path)
+    with pytest.raises(LivecellsegError, match="no image yet"):
+        explain(seg, checkpoints, None, label, tmp_path)
+    with pytest.raises(LivecellsegError, match="no checkpoint chosen"):
+        checkpoint_score(seg, checkpoints, "nope")
+    assert example_path(examples, None) is None
+    assert example_path(examples, "BV2_Phase_A1_1_00d00h00m_1.tif") == str(source)
+    with pytest.raises(LivecellsegError, match="no example image named 'other.tif'"):
+        example_path(examples, "other.tif")
+
+
+def test_the_slider_starts_at_each_checkpoints_own_threshold(setup, raw_params, tmp_path):
+    _, ckpt, _ = setup
+    checkpoints = {"params.yaml's": ckpt}
+    for name, thresh in [("trained at 0.3", 0.3), ("trained at 0", 0.0)]:
+        raw = copy.deepcopy(raw_params)
+        raw["model"]["score_thresh"] = thresh
+        checkpoints[name] = save_tiny_checkpoint(tmp_path / f"{thresh}.pt", raw)
+    seg = Segmenter("cpu")
+    assert (
+        checkpoint_score(seg, checkpoints, "params.yaml's") == raw_params["model"]["score_thresh"]
+    )
+    assert checkpoint_score(seg, checkpoints, "trained at 0.3") == 0.3
+    assert checkpoint_score(seg, checkpoints, "trained at 0") == MIN_SCORE  # the slider's range
+    assert MIN_SCORE < 0.3 < MAX_SCORE
+
+
+def test_explain_returns_module_shares_and_figures(setup, tmp_path):
+    root, _, _ = setup
+    seg, checkpoints = Segmenter("cpu"), find_checkpoints(root / "models")
+    source = next(iter(find_examples(root / "examples").values()))
+    rows, gallery = explain(seg, checkpoints, source, "custom (best val F1)", tmp_path)
+    modules = [module for module, _ in rows]
+    assert {"cbam4", "mask_head"} <= set(modules)
+    assert all(isinstance(share, float) and 0 <= share <= 100 for _, share in rows)
+    assert gallery and all(Path(path).is_file() and path.endswith(".png") for path, _ in gallery)
+    assert all(Path(path).is_relative_to(tmp_path) for path, _ in gallery)
 
 
 def _free_port() -> int:
@@ -138,7 +233,7 @@ def _threshold_between(scores: np.ndarray, near: float) -> float:
     return float(ok[np.argmin(np.abs(ok - near))])
 
 
-def test_app_in_a_real_browser(setup, app_url, tmp_path):
+def test_app_in_a_real_browser(setup, app_url, raw_params, tmp_path):
     if CHROMIUM is None:
         pytest.skip("no Chromium: `apt-get install -y chromium` (CI installs it)")
     sync_api = pytest.importorskip("playwright.sync_api", reason="pip install -e '.[dev]'")
@@ -147,6 +242,7 @@ def test_app_in_a_real_browser(setup, app_url, tmp_path):
     low = _threshold_between(scores, 0.4)
     high = _threshold_between(scores, float(np.quantile(scores, 0.75)))
     assert (scores > low).sum() != (scores > high).sum()
+    assert high != 0.3  # custom_last.pt's threshold: choosing it must move the slider
     external: list[str] = []
     with sync_api.sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
@@ -164,6 +260,7 @@ def test_app_in_a_real_browser(setup, app_url, tmp_path):
         page.wait_for_timeout(1000)
         assert page.get_by_text("no image yet").count() == 0  # no error for a control alone
         number = page.locator("#score input[type=number]")
+        assert float(number.input_value()) == raw_params["model"]["score_thresh"]  # the model's
         number.fill(f"{low:.2f}")
         number.press("Enter")
         page.locator("#upload input[type=file]").set_input_files(
@@ -203,6 +300,13 @@ def test_app_in_a_real_browser(setup, app_url, tmp_path):
         assert int(page.locator("#count input").input_value()) == (scores > high).sum()
         bars = page.locator("#areas")
         bars.locator("canvas, svg").first.wait_for(timeout=30_000)  # drawn in the page, offline
+
+        # another checkpoint: the slider moves to the threshold it was trained with, and the
+        # image is segmented again
+        page.locator("#checkpoint input").click()
+        page.get_by_role("option", name="custom (last epoch)").click()
+        wait_summary("above score 0.30")
+        assert float(number.input_value()) == 0.3
 
         # explain the current image
         page.get_by_role("tab", name="Explain").click()

@@ -19,7 +19,7 @@ import yaml
 from PIL import Image
 from pycocotools import mask as mask_utils
 
-from livecellseg.engine import CHECKPOINT_FORMAT
+from livecellseg.checkpoint import FORMAT as CHECKPOINT_FORMAT
 from livecellseg.images import write_gray
 from livecellseg.livecell import index_images
 from tests.conftest import ROOT, make_livecell_root, save_tiny_checkpoint, small_image

@@ -10,6 +10,7 @@ import torch
 import yaml
 
 from livecellseg import engine
+from livecellseg.checkpoint import FORMAT, load_checkpoint
 from livecellseg.config import parse_params
 from livecellseg.errors import LivecellsegError
 from livecellseg.training import train_model
@@ -127,13 +128,13 @@ def test_corrupt_and_foreign_checkpoints(tmp_path):
     bad = tmp_path / "bad.pt"
     bad.write_bytes(b"not a checkpoint")
     with pytest.raises(LivecellsegError, match="not a readable checkpoint"):
-        engine.load_checkpoint(bad)
+        load_checkpoint(bad)
     torch.save({"weights": torch.zeros(1)}, tmp_path / "other.pt")
     with pytest.raises(LivecellsegError, match="not a livecellseg checkpoint"):
-        engine.load_checkpoint(tmp_path / "other.pt")
-    torch.save({"model": {}, "format": engine.CHECKPOINT_FORMAT + 1}, tmp_path / "new.pt")
+        load_checkpoint(tmp_path / "other.pt")
+    torch.save({"model": {}, "format": FORMAT + 1}, tmp_path / "new.pt")
     with pytest.raises(LivecellsegError, match="newer than this livecellseg"):
-        engine.load_checkpoint(tmp_path / "new.pt")
+        load_checkpoint(tmp_path / "new.pt")
 
 
 def test_ddp_two_cpu_processes(tiles, tmp_path, raw_params):

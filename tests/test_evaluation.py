@@ -14,6 +14,8 @@ from livecellseg.evaluation import coco_mask_ap, detection_metrics, evaluate
 
 H, W = 100, 120
 
+LIVECELL = {"score_thresh": 0.5, "iou_thresh": 0.5}  # params.yaml `evaluate`, the seed's
+
 
 def square(y, x, side, h=H, w=W):
     m = np.zeros((h, w), bool)
@@ -21,7 +23,9 @@ def square(y, x, side, h=H, w=W):
     return m
 
 
-def doc(images: dict[int, list[np.ndarray]], lines: dict[int, str] | None = None) -> dict:
+def doc(
+    images: dict[int, list[np.ndarray]], lines: dict[int, str] | None = None, size=(H, W)
+) -> dict:
     lines = lines or {}
     out = {"images": [], "annotations": [], "categories": [{"id": 1, "name": "cell"}]}
     for image_id, masks in images.items():
@@ -30,8 +34,8 @@ def doc(images: dict[int, list[np.ndarray]], lines: dict[int, str] | None = None
             {
                 "id": image_id,
                 "file_name": f"{line}_Phase_A1_1_00d00h00m_{image_id}.tif",
-                "width": W,
-                "height": H,
+                "width": size[1],
+                "height": size[0],
                 "cell_line": line,
             }
         )
@@ -56,6 +60,37 @@ def doc(images: dict[int, list[np.ndarray]], lines: dict[int, str] | None = None
     return out
 
 
+def pycocotools_run(gt: dict, results: list[dict], image_ids: list[int]) -> COCOeval:
+    """pycocotools itself, LIVECell's settings, on some images: evaluated and accumulated."""
+    coco = COCO()
+    coco.dataset = gt
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco.createIndex()
+        mine = copy.deepcopy([r for r in results if r["image_id"] in image_ids])
+        ev = COCOeval(coco, coco.loadRes(mine), iouType="segm")
+        ev.params.imgIds = image_ids
+        ev.params.maxDets = [100, 500, 2000]
+        ev.params.areaRng = [[0, 1e10], [0, 324], [324, 961], [961, 1e10]]
+        ev.evaluate()
+        ev.accumulate()
+    return ev
+
+
+def by_hand_at_2000(ev: COCOeval) -> list[float]:
+    """AP, AP50, AP75, APs, APm, APl from pycocotools' precision array at the last maxDets
+    (2000): the mean of the defined (> -1) entries, -1 where none is."""
+    precision = ev.eval["precision"][..., -1]  # IoU x recall x category x area
+
+    def mean(p):
+        return float(p[p > -1].mean()) if (p > -1).any() else -1.0
+
+    iou = ev.params.iouThrs
+    at50, at75 = precision[iou == 0.5], precision[iou == 0.75]
+    return [mean(precision[..., 0]), mean(at50[..., 0]), mean(at75[..., 0])] + [
+        mean(precision[..., a]) for a in (1, 2, 3)
+    ]
+
+
 def result(image_id, mask, score):
     return {
         "image_id": image_id,
@@ -72,7 +107,7 @@ CELLS = [square(5, 5, 10), square(30, 30, 25), square(60, 70, 35)]
 def test_perfect_predictions_score_one_everywhere():
     gt = doc({1: CELLS, 2: CELLS[:1]}, {2: "BV2"})
     results = [result(1, m, 0.9) for m in CELLS] + [result(2, CELLS[0], 0.9)]
-    metrics, curves = evaluate(gt, results)
+    metrics, curves = evaluate(gt, results, **LIVECELL)
     for group in ("overall", "A172"):
         m = metrics[group]
         for key in ("precision", "recall", "f1", "miou", "ap", "ap50", "ap75"):
@@ -87,11 +122,11 @@ def test_perfect_predictions_score_one_everywhere():
 def test_a_shifted_mask_gives_the_hand_computed_iou():
     gt = doc({1: [square(10, 10, 20)]})
     shifted = square(10, 15, 20)  # 20x15 overlap = 300 px; union 400 + 400 - 300 = 500
-    m = detection_metrics(gt, [result(1, shifted, 0.9)])["overall"]
+    m = detection_metrics(gt, [result(1, shifted, 0.9)], **LIVECELL)["overall"]
     assert m["miou"] == pytest.approx(300 / 500)
     assert m["tp"] == 1 and m["f1"] == 1.0
     far = square(10, 25, 20)  # overlap 100, union 700: IoU 0.143 < 0.5, no match
-    m = detection_metrics(gt, [result(1, far, 0.9)])["overall"]
+    m = detection_metrics(gt, [result(1, far, 0.9)], **LIVECELL)["overall"]
     assert m["tp"] == 0 and m["precision"] == 0 and m["recall"] == 0
 
 
@@ -99,7 +134,7 @@ def test_duplicates_are_false_positives_and_low_scores_are_ignored():
     cell = square(10, 10, 20)
     gt = doc({1: [cell]})
     results = [result(1, cell, 0.9), result(1, cell, 0.8), result(1, cell, 0.4)]
-    m = detection_metrics(gt, results, score_thresh=0.5)["overall"]
+    m = detection_metrics(gt, results, **LIVECELL)["overall"]
     assert (m["gt"], m["pred"], m["tp"]) == (1, 2, 1)
     assert m["precision"] == 0.5 and m["recall"] == 1.0 and m["f1"] == pytest.approx(2 / 3)
 
@@ -107,7 +142,7 @@ def test_duplicates_are_false_positives_and_low_scores_are_ignored():
 def test_an_empty_image_with_one_prediction_is_one_false_positive():
     cell = square(10, 10, 20)
     gt = doc({1: [cell], 2: []})
-    m = detection_metrics(gt, [result(1, cell, 0.9), result(2, cell, 0.9)])["overall"]
+    m = detection_metrics(gt, [result(1, cell, 0.9), result(2, cell, 0.9)], **LIVECELL)["overall"]
     assert (m["gt"], m["pred"], m["tp"]) == (1, 2, 1)
     assert m["precision"] == 0.5
 
@@ -116,7 +151,7 @@ def test_matching_is_one_to_one_on_mask_iou():
     a, b = square(10, 10, 20), square(10, 26, 20)  # neighbours sharing a border region
     gt = doc({1: [a, b]})
     merged = a | b  # one prediction covering both: matches at most one of them
-    m = detection_metrics(gt, [result(1, merged, 0.9)])["overall"]
+    m = detection_metrics(gt, [result(1, merged, 0.9)], **LIVECELL)["overall"]
     assert m["tp"] <= 1
 
 
@@ -145,18 +180,9 @@ def test_ap_matches_pycocotools_run_directly():
             results.append(result(image_id, np.roll(m, shift, axis=1), float(rng.uniform(0.3, 1))))
     ours = coco_mask_ap(gt, results, {"all": [1, 2], "one": [1], "two": [2]})
 
-    def direct(image_ids):
-        coco = COCO()
-        coco.dataset = gt
+    def direct(image_ids):  # under 100 cells per image: summarize()'s stats[0] is right here
+        ev = pycocotools_run(gt, results, image_ids)
         with contextlib.redirect_stdout(io.StringIO()):
-            coco.createIndex()
-            mine = copy.deepcopy([r for r in results if r["image_id"] in image_ids])
-            ev = COCOeval(coco, coco.loadRes(mine), iouType="segm")
-            ev.params.imgIds = image_ids
-            ev.params.maxDets = [100, 500, 2000]
-            ev.params.areaRng = [[0, 1e10], [0, 324], [324, 961], [961, 1e10]]
-            ev.evaluate()
-            ev.accumulate()
             ev.summarize()
         return list(ev.stats[:6])
 
@@ -167,7 +193,83 @@ def test_ap_matches_pycocotools_run_directly():
 
 def test_no_predictions_at_all():
     gt = doc({1: [square(10, 10, 20)], 2: []})
-    metrics, _ = evaluate(gt, [])
+    metrics, _ = evaluate(gt, [], **LIVECELL)
     assert metrics["overall"]["ap"] == 0.0 and metrics["overall"]["f1"] == 0.0
     assert metrics["overall"]["ap_medium"] == 0.0  # a 400 px² cell
     assert metrics["overall"]["ap_small"] == metrics["overall"]["ap_large"] == -1.0  # none
+
+
+LIVECELL_SIZE = (520, 704)  # height, width
+AP_NAMES = ("ap", "ap50", "ap75", "ap_small", "ap_medium", "ap_large")
+
+
+def grid_cells(n: int, sides: tuple[int, ...], pitch: int) -> list[np.ndarray]:
+    """n disjoint squares on a LIVECell-size image, row by row, sides cycling through `sides`."""
+    per_row = LIVECELL_SIZE[1] // pitch
+    return [
+        square((i // per_row) * pitch, (i % per_row) * pitch, sides[i % len(sides)], *LIVECELL_SIZE)
+        for i in range(n)
+    ]
+
+
+def test_every_ap_counts_2000_detections_per_image():
+    # 500 cells on one image, all found: pycocotools' summarize() reads AP (stats[0]) at
+    # maxDets 100 and would give ~0.2 here (100 of 500 cells); LIVECell's AP is at 2000
+    cells = grid_cells(500, sides=(12, 20), pitch=24)  # 144 px² small, 400 px² medium
+    gt = doc({1: cells}, size=LIVECELL_SIZE)
+    results = [result(1, m, 1 - n / 1000) for n, m in enumerate(cells)]  # distinct scores
+    stats, pr = coco_mask_ap(gt, results)["overall"]
+    assert stats == {
+        "ap": 1.0,
+        "ap50": 1.0,
+        "ap75": 1.0,
+        "ap_small": 1.0,
+        "ap_medium": 1.0,
+        "ap_large": -1.0,  # no cell > 961 px²
+    }
+    assert np.allclose(pr, 1.0)
+    ev = pycocotools_run(gt, results, [1])
+    with contextlib.redirect_stdout(io.StringIO()):
+        ev.summarize()
+    assert ev.stats[0] < 0.25  # what the old reading of stats[0] reported
+
+
+def imperfect_case() -> tuple[dict, list[dict]]:
+    """Four images, two cell lines, cells of all three sizes, one image over 100 cells: some
+    cells missed, some found shifted (IoU from ~0.7 to 1), false positives in empty places
+    and on an image without cells; distinct random scores."""
+    rng = np.random.default_rng(1)
+    sides, pitch = (12, 20, 34), 40  # small, medium, large; 17 x 13 slots
+    counts = {1: 150, 2: 30, 3: 120, 4: 0}
+    cells = {i: grid_cells(n, sides, pitch) for i, n in counts.items()}
+    gt = doc(cells, {3: "BV2", 4: "BV2"}, size=LIVECELL_SIZE)
+    masks = []
+    for image_id, image_cells in cells.items():
+        for n, m in enumerate(image_cells):
+            if n % 9 == 4:
+                continue  # missed
+            masks.append((image_id, np.roll(m, int(rng.integers(0, 6)), axis=1)))
+        spare = grid_cells(len(image_cells) + 6, sides, pitch)[len(image_cells) :]
+        masks += [(image_id, m) for m in spare[::2]]  # three false positives per image
+    scores = rng.permutation(len(masks)) / len(masks) + 0.001
+    return gt, [result(i, m, float(s)) for (i, m), s in zip(masks, scores, strict=True)]
+
+
+def test_ap_equals_pycocotools_precision_at_2000_by_hand():
+    gt, results = imperfect_case()
+    stats, pr = coco_mask_ap(gt, results)["overall"]
+    ev = pycocotools_run(gt, results, [1, 2, 3, 4])
+    assert tuple(stats) == AP_NAMES
+    assert list(stats.values()) == pytest.approx(by_hand_at_2000(ev))
+    assert 0 < stats["ap"] < stats["ap50"] < 1  # a case where the values say something
+    assert np.allclose(pr, ev.eval["precision"][0, :, 0, 0, -1])
+
+
+def test_each_cell_line_equals_its_images_evaluated_alone():
+    gt, results = imperfect_case()
+    metrics, curves = evaluate(gt, results, **LIVECELL)
+    for line, ids in (("overall", [1, 2, 3, 4]), ("A172", [1, 2]), ("BV2", [3, 4])):
+        ev = pycocotools_run(gt, results, ids)
+        ours = [metrics[line][k] for k in AP_NAMES]
+        assert ours == pytest.approx(by_hand_at_2000(ev)), line
+        assert np.allclose(curves[line], ev.eval["precision"][0, :, 0, 0, -1]), line

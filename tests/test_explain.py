@@ -1,6 +1,7 @@
 """Explanation hooks on tiny untrained models: names, shares, maps, figures, hooks removed."""
 
 import json
+from dataclasses import replace
 
 import pytest
 import torch
@@ -8,10 +9,16 @@ import torch
 from livecellseg.cli import main
 from livecellseg.explain import explain_image, hook_targets, save_explanation
 from livecellseg.images import write_gray
-from livecellseg.models import build_model
-from tests.conftest import save_tiny_checkpoint, small_image, tiny_inference
+from livecellseg.predict import Predictor
+from tests.conftest import build, save_tiny_checkpoint, small_image, tiny_predict_settings
 
-TINY = tiny_inference()
+
+def tiny_predictor(name: str, model=None) -> Predictor:
+    """An untrained tiny model (seeded) as a predictor: keeps every detection."""
+    if model is None:
+        torch.manual_seed(0)
+        model = build(name)
+    return Predictor(model, torch.device("cpu"), tiny_predict_settings())
 
 
 @pytest.fixture(scope="module")
@@ -22,8 +29,8 @@ def image():
 @pytest.mark.parametrize("name", ["custom", "transfer"])
 def test_every_part_is_hooked_shares_sum_to_100_and_hooks_are_removed(name, image, tmp_path):
     torch.manual_seed(0)
-    model, _ = build_model(name, inference=TINY)
-    exp = explain_image(model, image, torch.device("cpu"), top=3)
+    model = tiny_predictor(name).model
+    exp = explain_image(tiny_predictor(name, model), image, top=3)
     expected = [f"layer{i}" for i in range(1, 5)]
     expected += [f"cbam{i}" for i in range(1, 5)] if name == "custom" else []
     expected += ["fpn.P2", "fpn.P3", "fpn.P4", "fpn.P5", "fpn.pool", "rpn", "box_head", "mask_head"]
@@ -56,23 +63,24 @@ def test_every_part_is_hooked_shares_sum_to_100_and_hooks_are_removed(name, imag
 
 def test_hooks_are_removed_when_the_forward_pass_fails(image):
     torch.manual_seed(0)
-    model, _ = build_model("custom", inference=TINY)
+    model = tiny_predictor("custom").model
 
     def fail(*_):
         raise ValueError("boom")
 
     ours = model.roi_heads.box_head.register_forward_hook(fail)
     with pytest.raises(ValueError, match="boom"):
-        explain_image(model, image, torch.device("cpu"))
+        explain_image(tiny_predictor("custom", model), image)
     ours.remove()
     assert all(not m._forward_hooks for m in model.modules())
 
 
 def test_the_mask_head_is_reported_as_not_run_without_detections(image):
     torch.manual_seed(0)
-    model, _ = build_model("custom", inference=TINY)
-    model.roi_heads.score_thresh = 1.0  # nothing passes
-    exp = explain_image(model, image, torch.device("cpu"))
+    settings = tiny_predict_settings()
+    nothing_passes = replace(settings, inference=replace(settings.inference, score_thresh=1.0))
+    model = tiny_predictor("custom").model
+    exp = explain_image(Predictor(model, torch.device("cpu"), nothing_passes), image)
     assert exp.detections == 0 and exp.not_run == ["mask_head"]
     assert sum(exp.importance.values()) == pytest.approx(100, abs=1e-2)
     assert set(hook_targets(model)) - {"fpn"} - set(exp.importance) == {"mask_head"}

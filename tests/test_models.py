@@ -5,23 +5,21 @@ import torch
 from torchvision.models.detection.mask_rcnn import MaskRCNN_ResNet50_FPN_Weights
 
 from livecellseg.errors import LivecellsegError
-from livecellseg.models import (
-    InferenceSettings,
-    build_model,
-    parameter_table,
-    set_backbone_frozen,
-)
+from livecellseg.models import build_model, parameter_table, set_backbone_frozen
 from livecellseg.models.cbam import CBAM
+from tests.conftest import build, default_model_settings
+
+SETTINGS = dict(zip(("inference", "sampling"), default_model_settings(), strict=True))
 
 
 @pytest.fixture(scope="module")
 def transfer():
-    return build_model("transfer", weights="none")[0]
+    return build("transfer")
 
 
 @pytest.fixture(scope="module")
 def custom():
-    return build_model("custom")[0]
+    return build("custom")
 
 
 def test_transfer_parameter_counts(transfer):
@@ -59,8 +57,10 @@ def test_custom_wiring(custom):
 
 
 def test_inference_settings_and_native_scale(custom):
-    s = InferenceSettings()
+    s, _ = default_model_settings()
     assert custom.roi_heads.score_thresh == s.score_thresh == 0.4
+    assert custom.rpn.score_thresh == s.rpn_score_thresh
+    assert custom.rpn.post_nms_top_n() == s.rpn_post_nms_top_n == 1000
     assert custom.roi_heads.nms_thresh == 0.5
     assert custom.roi_heads.detections_per_img >= 500
     custom.eval()
@@ -72,7 +72,7 @@ def test_inference_settings_and_native_scale(custom):
 def test_every_image_of_a_batch_trains(name):
     """Each image's targets reach the loss (the seed's custom model used only the first)."""
     torch.manual_seed(0)
-    model = build_model(name, inference=InferenceSettings(min_size=64, max_size=96))[0].train()
+    model = build(name, min_size=64, max_size=96).train()
     mask = torch.zeros(1, 64, 96, dtype=torch.uint8)
     mask[0, 10:30, 20:50] = 1
     target = {
@@ -104,14 +104,16 @@ def test_coco_weights_offline_fall_back_loudly(monkeypatch, caplog):
         raise urllib.error.URLError("no network")
 
     monkeypatch.setattr(type(MaskRCNN_ResNet50_FPN_Weights.COCO_V1), "get_state_dict", offline)
-    model, pretrained = build_model("transfer", weights="coco")
+    model, pretrained = build_model("transfer", weights="coco", **SETTINGS)
     assert pretrained is False
     assert "could not be downloaded" in caplog.text and "pretrained: false" in caplog.text
 
 
 def test_coco_weights_from_the_local_cache(tmp_path, monkeypatch):
     """torchvision finds the COCO file in $TORCH_HOME/hub/checkpoints and loads it, offline."""
-    coco = build_model("transfer", num_classes=91)[0]  # stands in for the real COCO weights
+    coco = build_model("transfer", num_classes=91, **SETTINGS)[
+        0
+    ]  # stands in for the real COCO weights
     with torch.no_grad():
         for p in coco.parameters():
             p.uniform_(-0.01, 0.01)
@@ -120,7 +122,7 @@ def test_coco_weights_from_the_local_cache(tmp_path, monkeypatch):
     cache.mkdir(parents=True)
     torch.save(coco.state_dict(), cache / url.rsplit("/", 1)[1])
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
-    model, pretrained = build_model("transfer", weights="coco")
+    model, pretrained = build_model("transfer", weights="coco", **SETTINGS)
     assert pretrained is True
     a = model.backbone.body.layer3[0].conv1.weight
     assert torch.equal(a, coco.backbone.body.layer3[0].conv1.weight)
@@ -128,11 +130,11 @@ def test_coco_weights_from_the_local_cache(tmp_path, monkeypatch):
 
     path = tmp_path / "coco.pth"
     torch.save(coco.state_dict(), path)
-    model, pretrained = build_model("transfer", weights=str(path))
+    model, pretrained = build_model("transfer", weights=str(path), **SETTINGS)
     assert pretrained and torch.equal(
         model.rpn.head.conv[0][0].weight, coco.rpn.head.conv[0][0].weight
     )
     with pytest.raises(LivecellsegError, match="transfer.weights file not found"):
-        build_model("transfer", weights=str(tmp_path / "nope.pth"))
+        build_model("transfer", weights=str(tmp_path / "nope.pth"), **SETTINGS)
     with pytest.raises(LivecellsegError, match="unknown model"):
-        build_model("resnet")
+        build_model("resnet", **SETTINGS)

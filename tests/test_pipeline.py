@@ -95,12 +95,10 @@ def test_real_livecell_path_from_a_local_server(project, tmp_path):
     class H(RangeHandler):
         ranges_seen = []
 
+    get_livecell = [sys.executable, "-m", "livecellseg.cli", "get-livecell", "data/livecell"]
     server, url = _serve(www, H)
     try:
-        _sh(
-            [sys.executable, "-m", "livecellseg.livecell", "data/livecell", "--base-url", url],
-            project,
-        )
+        _sh([*get_livecell, "--base-url", url], project)
     finally:
         server.shutdown()
     _sh(["dvc", "commit", "--force", "data.dvc"], project)
@@ -180,9 +178,11 @@ def test_full_pipeline_twice_identical_then_an_experiment(tmp_path, raw_params):
     assert _changed_stages(q) == set()
     _set_params(q, evaluate={"score_thresh": 0.6})
     assert _changed_stages(q) == {"evaluate@transfer", "evaluate@custom"}
+    # stitch params are recorded in both checkpoints (the CLI predicts with them): both retrain
     _set_params(q, stitch={"nms_iou": 0.6}, model={"lr": 1e-3})
     assert _changed_stages(q) == {
         "train_transfer",
+        "train_custom",
         "stitch_predict@transfer",
         "stitch_predict@custom",
         "evaluate@transfer",

@@ -2,19 +2,28 @@
 
 import contextlib
 import io
+from dataclasses import replace
 
 import numpy as np
 import pytest
 import torch
 from pycocotools.coco import COCO
 
-from livecellseg.engine import CHECKPOINT_FORMAT
+from livecellseg.checkpoint import FORMAT
 from livecellseg.errors import LivecellsegError
 from livecellseg.models import build_model
-from livecellseg.predict import Predictor, StitchSettings, load_model, to_coco_results
-from tests.conftest import small_image, tiny_inference
+from livecellseg.predict import Predictor, load_model, to_coco_results
+from livecellseg.settings import SamplingSettings
+from tests.conftest import (
+    default_model_settings,
+    save_tiny_checkpoint,
+    small_image,
+    tiny_inference,
+    tiny_predict_settings,
+)
 
 TINY = tiny_inference()
+SAMPLING: SamplingSettings = default_model_settings()[1]
 
 
 @pytest.fixture(scope="module")
@@ -25,8 +34,8 @@ def image():
 @pytest.fixture(scope="module")
 def predictor():
     torch.manual_seed(0)
-    model, _ = build_model("custom", inference=TINY)
-    return Predictor(model.eval(), torch.device("cpu"), StitchSettings(batch_size=7))
+    model, _ = build_model("custom", inference=TINY, sampling=SAMPLING)
+    return Predictor(model.eval(), torch.device("cpu"), tiny_predict_settings(batch_size=7))
 
 
 @pytest.mark.parametrize("mode", ["stitched", "whole"])
@@ -51,7 +60,7 @@ def test_predictions_are_whole_image_rles_readable_by_pycocotools(predictor, ima
 
 def test_stitched_batching_does_not_change_the_result(predictor, image):
     a, _ = predictor(image, "stitched")
-    one = Predictor(predictor.model, predictor.device, StitchSettings(batch_size=1))
+    one = Predictor(predictor.model, predictor.device, tiny_predict_settings(batch_size=1))
     b, _ = one(image, "stitched")
     assert len(a.rles) == len(b.rles)
     np.testing.assert_allclose(a.scores, b.scores, atol=1e-4)
@@ -63,28 +72,30 @@ def test_whole_mode_restores_the_model_settings(predictor, image):
     assert (predictor.model.transform.min_size, dict(predictor.model.rpn._post_nms_top_n)) == before
 
 
-def test_load_model_rejects_a_checkpoint_of_the_other_model(tmp_path):
-    model, _ = build_model("custom", inference=TINY)
-    torch.save(
-        {"format": CHECKPOINT_FORMAT, "name": "transfer", "model": model.state_dict()},
-        tmp_path / "x.pt",
-    )
+def test_load_model_rejects_a_checkpoint_of_the_other_model(tmp_path, raw_params):
+    ckpt = torch.load(save_tiny_checkpoint(tmp_path / "c.pt", raw_params), weights_only=True)
+    torch.save(ckpt | {"name": "transfer"}, tmp_path / "x.pt")
+    with pytest.raises(LivecellsegError, match="holds the transfer model, expected custom"):
+        load_model(tmp_path / "x.pt", torch.device("cpu"), expect="custom")
     with pytest.raises(LivecellsegError, match="do not fit the transfer model"):
-        load_model(tmp_path / "x.pt", TINY, torch.device("cpu"))
-    torch.save({"format": CHECKPOINT_FORMAT, "name": "unet", "model": {}}, tmp_path / "y.pt")
+        load_model(tmp_path / "x.pt", torch.device("cpu"))
+    torch.save(ckpt | {"params": {"model": {}}}, tmp_path / "old.pt")
+    with pytest.raises(LivecellsegError, match="does not record the settings"):
+        load_model(tmp_path / "old.pt", torch.device("cpu"))
+    torch.save({"format": FORMAT, "name": "unet", "model": {}}, tmp_path / "y.pt")
     with pytest.raises(LivecellsegError, match="names no known model"):
-        load_model(tmp_path / "y.pt", TINY, torch.device("cpu"))
+        load_model(tmp_path / "y.pt", torch.device("cpu"))
 
 
 def test_rpn_score_threshold_prunes_proposals_before_the_heads(image):
     torch.manual_seed(0)
-    model, _ = build_model("custom", inference=TINY)
+    model, _ = build_model("custom", inference=TINY, sampling=SAMPLING)
     seen = []
     model.roi_heads.box_head.register_forward_hook(lambda m, i, o: seen.append(len(o)))
     for thresh in (0.0, 0.6):
-        Predictor(model.eval(), torch.device("cpu"), StitchSettings(rpn_score_thresh=thresh))(
-            image, "whole"
-        )
+        inference = replace(TINY, rpn_score_thresh=thresh)
+        settings = replace(tiny_predict_settings(), inference=inference)
+        Predictor(model.eval(), torch.device("cpu"), settings)(image, "whole")
         assert model.rpn.score_thresh == thresh
     assert seen[1] < seen[0]  # fewer RoIs through the box head
 

@@ -11,7 +11,7 @@ import pytest
 import torch
 import yaml
 
-from livecellseg import engine
+from livecellseg import checkpoint, trainlog
 from tests.conftest import ROOT, make_tiles, tiny_train_params, train_custom_args
 
 STEPS_PER_EPOCH = 4  # max_tiles_per_epoch 8 / batch_size 2
@@ -75,7 +75,7 @@ def test_sigkill_mid_epoch_then_rerun_completes_from_the_last_checkpoint(setup):
 KILLED_WRITER = """
 import io, os, signal, sys, torch
 from pathlib import Path
-from livecellseg import engine
+from livecellseg import checkpoint
 
 real_save = torch.save
 def save_half_then_die(obj, f):  # the process dies with half the bytes on disk
@@ -86,18 +86,20 @@ def save_half_then_die(obj, f):  # the process dies with half the bytes on disk
     os.kill(os.getpid(), signal.SIGKILL)
 
 torch.save = save_half_then_die
-state = {"format": 1, "model": {"w": torch.ones(100_000)}, "epoch": 2}
-engine._save_atomic(state, Path(sys.argv[1]))
+state = {"format": checkpoint.FORMAT, "model": {"w": torch.ones(100_000)}, "epoch": 2}
+checkpoint.save_checkpoint(state, Path(sys.argv[1]))
 """
 
 
 def test_a_kill_during_a_checkpoint_write_keeps_the_previous_checkpoint(tmp_path):
     path = tmp_path / "custom_last.pt"
-    engine._save_atomic({"format": 1, "model": {"w": torch.zeros(3)}, "epoch": 1}, path)
+    checkpoint.save_checkpoint(
+        {"format": checkpoint.FORMAT, "model": {"w": torch.zeros(3)}, "epoch": 1}, path
+    )
     before = path.read_bytes()
     r = subprocess.run([sys.executable, "-c", KILLED_WRITER, str(path)], cwd=ROOT)
     assert r.returncode == -signal.SIGKILL
-    assert path.read_bytes() == before and engine.load_checkpoint(path)["epoch"] == 1
+    assert path.read_bytes() == before and checkpoint.load_checkpoint(path)["epoch"] == 1
     (stale,) = tmp_path.glob(".custom_last.pt.*.tmp")  # what the killed writer left
     assert stale.stat().st_size > 0
     from livecellseg.io import remove_stale_temps
@@ -140,7 +142,7 @@ def test_dvclive_rows_after_the_checkpoint_are_dropped_on_resume(tmp_path):
     (metrics / "batch" / "loss.tsv").write_text("step\tloss\n1\t0.5\n2\t0.4\n3\t0.3\n4\t0.")
     (metrics / "epoch" / "val_f1.tsv").write_text("step\tval_f1\n1\t0.1\n2\t0.2\n")
     (metrics / "epoch" / "lr.tsv").write_text("ste")  # created, killed before the header ended
-    engine._trim_live_logs(tmp_path, epoch_step=1, batch_step=2)
+    trainlog.trim_live_logs(tmp_path, epoch_step=1, batch_step=2)
     assert (metrics / "batch" / "loss.tsv").read_text() == "step\tloss\n1\t0.5\n2\t0.4\n"
     assert (metrics / "epoch" / "val_f1.tsv").read_text() == "step\tval_f1\n1\t0.1\n"
     assert not (metrics / "epoch" / "lr.tsv").exists()  # dvclive writes it anew, header first

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from livecellseg import engine
+from livecellseg.checkpoint import load_checkpoint
 from livecellseg.errors import LivecellsegError
 from tests.conftest import ROOT
 
@@ -90,7 +90,7 @@ def test_a_checkpoint_that_runs_code_is_refused(tmp_path):
     evil = tmp_path / "custom.pt"
     torch.save({"format": 1, "model": {}, "x": RunsCode(marker)}, evil)
     with pytest.raises(LivecellsegError, match="not a readable checkpoint"):
-        engine.load_checkpoint(evil)
+        load_checkpoint(evil)
     assert not marker.exists()
     with open(tmp_path / "plain.pkl", "wb") as f:  # proves the payload works when unpickled
         pickle.dump(RunsCode(marker), f)
@@ -103,11 +103,12 @@ def test_transfer_weights_load_only_tensors(tmp_path, monkeypatch):
     from torchvision.models import _api
 
     from livecellseg.models import build
+    from tests import conftest
 
     marker = tmp_path / "pwned"
     evil = tmp_path / "weights.pth"
     torch.save({"w": RunsCode(marker)}, evil)
-    model, _ = build.build_model("transfer", weights="none")
+    model = conftest.build("transfer")
     with pytest.raises(LivecellsegError, match="not a loadable state_dict"):
         build.load_transfer_weights(model, str(evil))
     assert not marker.exists()

@@ -15,6 +15,7 @@ from livecellseg.stitch import (
 from livecellseg.tiling import owned_box, tile_windows
 
 H, W = 520, 704
+SEED = {"grid": 7, "window": 3, "min_owned": 0.4, "nms_iou": 0.5}  # the design's numbers
 
 
 def disc(cy: float, cx: float, r: float, h: int = H, w: int = W) -> np.ndarray:
@@ -32,7 +33,7 @@ def tiles_seeing(cells: list[np.ndarray], scores: list[float] | None = None):
     """What a perfect model sees in each tile: every cell clipped to the tile."""
     scores = scores or [0.9] * len(cells)
     out = []
-    for win in tile_windows(H, W):
+    for win in tile_windows(H, W, 7, 3):
         masks, s = [], []
         for cell, score in zip(cells, scores, strict=True):
             part = cell[win.y0 : win.y1, win.x0 : win.x1]
@@ -61,7 +62,7 @@ def decoded(det):
     ],
 )
 def test_a_cell_comes_out_once_with_its_full_mask(cell):
-    det, counts = stitch(tiles_seeing([cell]), H, W, min_owned=0.4, nms_iou=0.5)
+    det, counts = stitch(tiles_seeing([cell]), H, W, **SEED)
     assert counts.kept == 1, counts
     (mask,) = decoded(det)
     assert np.array_equal(mask, cell)
@@ -71,7 +72,7 @@ def test_many_cells_each_once():
     rng = np.random.default_rng(0)
     cells = [disc(rng.uniform(0, H), rng.uniform(0, W), rng.uniform(6, 30)) for _ in range(40)]
     cells = [c for c in cells if c.any()]
-    det, counts = stitch(tiles_seeing(cells), H, W)
+    det, counts = stitch(tiles_seeing(cells), H, W, **SEED)
     got = decoded(det)
     assert counts.kept == len(cells) == len(got)
     for cell in cells:  # every cell recovered exactly (IoU 1 with one output mask)
@@ -83,13 +84,13 @@ def test_cross_tile_nms_removes_a_cell_kept_twice():
     cell = disc(200, 350, 30)
     tiles = tiles_seeing([cell])
     # min_owned 0: every tile that sees any of the cell keeps it; NMS must leave one
-    det, counts = stitch(tiles, H, W, min_owned=0.0, nms_iou=0.3)
+    det, counts = stitch(tiles, H, W, grid=7, window=3, min_owned=0.0, nms_iou=0.3)
     assert counts.kept == 1 and counts.duplicates > 0
     assert np.array_equal(decoded(det)[0], cell)  # whole masks score the same; first whole wins
 
 
 def test_paste_is_exact_for_every_tile_shape():
-    for win in tile_windows(H, W):
+    for win in tile_windows(H, W, 7, 3):
         local = np.zeros((1, *win.shape), bool)
         local[0, 0, 0] = local[0, -1, -1] = True  # both corners of the tile
         full = mask_utils.decode(paste(local, win, H, W))[..., 0]
@@ -114,10 +115,10 @@ def test_paste_gives_the_same_rle_bytes_as_encoding_a_full_image():
 
 
 def test_owned_fraction_and_ownership_partition():
-    windows = tile_windows(H, W)
+    windows = tile_windows(H, W, 7, 3)
     owned = np.zeros((H, W), int)
     for win in windows:
-        o = owned_box(win, H, W)
+        o = owned_box(win, H, W, 7, 3)
         owned[o.y0 : o.y1, o.x0 : o.x1] += 1
         full = np.ones((1, *win.shape), bool)
         frac = owned_fraction(full, win, o)[0]
@@ -140,14 +141,14 @@ def test_whole_image_drops_empty_masks():
 
 def test_wrong_number_of_tiles_is_an_error():
     with pytest.raises(ValueError, match="24 tiles given, the grid has 25"):
-        stitch(tiles_seeing([])[:24], H, W)
+        stitch(tiles_seeing([])[:24], H, W, **SEED)
 
 
 def test_the_owned_share_rule_alone_would_drop_a_cell_on_a_four_box_corner():
     cell = disc(74 * 2, 100 * 3, 20)  # centred where four ownership boxes meet
     shares = [
-        owned_fraction(t.masks, win, owned_box(win, H, W))
-        for t, win in zip(tiles_seeing([cell]), tile_windows(H, W), strict=True)
+        owned_fraction(t.masks, win, owned_box(win, H, W, 7, 3))
+        for t, win in zip(tiles_seeing([cell]), tile_windows(H, W, 7, 3), strict=True)
         if len(t.scores)
     ]
     assert max(float(s.max()) for s in shares) < 0.4  # so the centre-of-mass rule keeps it
@@ -158,6 +159,8 @@ def test_no_detections_anywhere():
 
     det, counts = whole_image(np.zeros((0, H, W), bool), np.zeros(0, np.float32))
     assert det.rles == [] and counts.kept == 0
-    empty = [TileDetections(np.zeros((0, *w.shape), bool), np.zeros(0)) for w in tile_windows(H, W)]
-    det, counts = stitch(empty, H, W)
+    empty = [
+        TileDetections(np.zeros((0, *w.shape), bool), np.zeros(0)) for w in tile_windows(H, W, 7, 3)
+    ]
+    det, counts = stitch(empty, H, W, **SEED)
     assert det.rles == [] and counts.raw == counts.kept == 0

@@ -22,7 +22,7 @@ def test_grid_edges_livecell():
 
 
 def test_windows_livecell():
-    wins = tile_windows(520, 704)
+    wins = tile_windows(520, 704, 7, 3)
     assert len(wins) == 25
     assert wins[0].shape == (222, 300)
     assert (wins[0].y0, wins[0].x0) == (0, 0)
@@ -34,7 +34,7 @@ def test_windows_livecell():
 @pytest.mark.parametrize(("h", "w"), SIZES)
 def test_every_pixel_covered(h, w):
     cover = np.zeros((h, w), int)
-    for win in tile_windows(h, w):
+    for win in tile_windows(h, w, 7, 3):
         cover[win.y0 : win.y1, win.x0 : win.x1] += 1
     assert cover.min() >= 1
 
@@ -56,7 +56,7 @@ def test_ownership_partitions_image_once(h, w, grid, window):
 
 
 def test_owner_rule():
-    assert [owner(i) for i in range(7)] == [0, 0, 1, 2, 3, 4, 4]
+    assert [owner(i, 7, 3) for i in range(7)] == [0, 0, 1, 2, 3, 4, 4]
 
 
 def _random_polygon_mask(rng, h, w):
@@ -77,7 +77,7 @@ def test_clipping_matches_brute_force():
         ys, xs = np.nonzero(m)
         masks.append(m[ys.min() : ys.max() + 1, xs.min() : xs.max() + 1])
         boxes.append((ys.min(), xs.min()))
-    wins = tile_windows(h, w)
+    wins = tile_windows(h, w, 7, 3)
     per_tile, counts = clip_instances(masks, boxes, wins, min_visible=0.3)
 
     n_kept = n_clipped = n_dropped = 0
@@ -107,7 +107,7 @@ def test_clipping_matches_brute_force():
 def test_lost_instance_is_counted():
     # a 10x400 bar is never >= 90% inside a 300-px-wide tile
     mask = np.ones((10, 400), bool)
-    per_tile, counts = clip_instances([mask], [(100, 150)], tile_windows(520, 704), 0.9)
+    per_tile, counts = clip_instances([mask], [(100, 150)], tile_windows(520, 704, 7, 3), 0.9)
     assert counts.lost == 1 and counts.instances == 0
     assert all(not p for p in per_tile)
 

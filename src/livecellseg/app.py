@@ -1,14 +1,21 @@
-"""The web app (`livecellseg app`): segment an image, move the score threshold, explain.
+"""The web app (`livecellseg app`): segment one image, re-threshold it live, explain the model.
 
-`Segmenter` holds what the app knows, without Gradio (unit-tested on its own): models load
-once per checkpoint and stay cached; a prediction is made once per (image, checkpoint, mode)
-at the lowest score the slider offers, decoded once into pixel indices, and every slider move
-only re-selects cells from it (no model call, no RLE decoding). Checkpoints are loaded with
-`weights_only=True`; uploads are only ever decoded as images (size-limited).
+The event logic is plain functions over `Segmenter` and the checkpoint/example dicts
+(`segment`, `explain`, `checkpoint_score`...): they return plain values and raise
+`LivecellsegError` for what the user can fix, and are tested without Gradio. `build_app` only
+lays out the page and wires events to thin adapters that turn those values into component
+updates, `gr.Warning` and `gr.Error`.
+
+`Segmenter` holds what the app knows: models load once per checkpoint and stay cached; a
+prediction is made once per (image, checkpoint, mode) at the lowest score the slider offers,
+decoded once into pixel indices, and every slider move only re-selects cells from it (no model
+call, no RLE decoding). Checkpoints are loaded with `weights_only=True`; uploads are only ever
+decoded as images (size-limited).
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import html
 import logging
@@ -20,27 +27,27 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
+from typing import TYPE_CHECKING, get_args
 
 import numpy as np
 
-from livecellseg.engine import pick_device
 from livecellseg.errors import LivecellsegError
-from livecellseg.images import IMAGE_SUFFIXES, load_image, write_labels
-from livecellseg.io import write_json
-from livecellseg.predict import Mode, Predictor, coco_document
+from livecellseg.images import IMAGE_SUFFIXES, load_image
+from livecellseg.predict import Predictor, write_segmentation
+from livecellseg.runtime import pick_device
+from livecellseg.settings import Mode
 from livecellseg.stitch import ImageDetections
-from livecellseg.visualize import (
-    PRED_COLOUR,
-    CellPixels,
-    cell_pixels,
-    draw_outlines,
-    gray_to_rgb,
-    label_image,
-)
+from livecellseg.visualize import PRED_COLOUR, CellPixels, cell_pixels, draw_outlines, gray_to_rgb
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 log = logging.getLogger(__name__)
 
 MIN_SCORE = 0.05  # the slider's lowest value: predictions are cached at this threshold
+MAX_SCORE = 0.95  # the slider's highest
+AREA_BIN = "area (px²)"  # the area histogram's bin column
 
 
 @dataclass(frozen=True)
@@ -155,130 +162,221 @@ class Segmenter:
 
         predictor = self.predictor(checkpoint)
         with self._model_lock:
-            return explain_image(predictor.model, image, self.device)
+            return explain_image(predictor, image)
 
     @staticmethod
     def view(prediction: Prediction, score: float) -> View:
-        keep = np.flatnonzero(prediction.detections.scores > score)
+        keep = prediction.detections.above(score)
         rgb = draw_outlines(gray_to_rgb(prediction.image), prediction.cells, PRED_COLOUR, keep)
         return View(rgb, keep, prediction.cells.areas[keep])
 
     @staticmethod
-    def write_downloads(prediction: Prediction, view: View, name: str, out: Path) -> list[Path]:
-        """The label TIFF and COCO JSON of what the view shows."""
-        out.mkdir(parents=True, exist_ok=True)
-        h, w = prediction.image.shape
-        det = prediction.detections
-        kept = ImageDetections([det.rles[i] for i in view.keep], det.scores[view.keep])
-        labels = label_image(prediction.cells, det.scores, view.keep)
-        paths = [out / f"{name}_labels.tif", out / f"{name}_coco.json"]
-        write_labels(paths[0], labels)
-        write_json(paths[1], coco_document(name, h, w, kept), indent=None)
-        return paths
+    def write_downloads(
+        prediction: Prediction, view: View, file_name: str, out: Path
+    ) -> tuple[Path, Path]:
+        """The label TIFF and COCO JSON of what the view shows, named after `file_name`."""
+        det, cells = prediction.detections, prediction.cells
+        return write_segmentation(out, Path(file_name).stem, file_name, det, cells, view.keep)
 
 
 def respond(
     segmenter: Segmenter, source: str | Path, checkpoint: Path, mode: Mode, score: float, out: Path
-) -> tuple[Prediction, View, list[Path], list[str]]:
-    """What one app event does: read the image, predict (or hit the cache), select the cells
-    above `score`, write the downloads. Returns the notes on image conversions too."""
+) -> tuple[Prediction, View, tuple[Path, Path], list[str]]:
+    """Read the image, predict (or hit the cache), select the cells above `score`, write the
+    downloads into `out`. Returns the notes on image conversions too."""
     image, notes = load_image(source)
     prediction = segmenter.predict(image, checkpoint, mode)
     view = segmenter.view(prediction, score)
-    downloads = segmenter.write_downloads(prediction, view, Path(source).stem, out)
+    downloads = segmenter.write_downloads(prediction, view, Path(source).name, out)
     return prediction, view, downloads, notes
 
 
-def area_histogram(areas: np.ndarray, bins: int = 20):
+def area_histogram(areas: np.ndarray, bins: int = 20) -> pd.DataFrame:
     """Cell counts per area bin as a small table; the browser draws the bar chart."""
     import pandas as pd
 
     if len(areas) == 0:
-        return pd.DataFrame({"area (px²)": pd.Series([], dtype=str), "cells": []})
+        return pd.DataFrame({AREA_BIN: pd.Series([], dtype=str), "cells": []})
     counts, edges = np.histogram(areas, bins=min(bins, max(1, len(np.unique(areas)))))
     labels = [f"{lo:.0f}–{hi:.0f}" for lo, hi in zip(edges[:-1], edges[1:], strict=True)]
-    return pd.DataFrame({"area (px²)": labels, "cells": counts})
+    return pd.DataFrame({AREA_BIN: labels, "cells": counts})
+
+
+def require_image(source: str | Path | None) -> str | Path:
+    if not source:
+        raise LivecellsegError("no image yet: upload one or pick an example")
+    return source
+
+
+def checkpoint_path(checkpoints: dict[str, Path], label: str | None) -> Path:
+    if not label or label not in checkpoints:
+        raise LivecellsegError(
+            "no checkpoint chosen; train one (dvc repro) or start the app with --models DIR"
+        )
+    return checkpoints[label]
+
+
+def example_path(examples: dict[str, Path], name: str | None) -> str | None:
+    """The example image's path (the app's current image), or None when none is chosen."""
+    if not name:
+        return None
+    if name not in examples:
+        raise LivecellsegError(f"no example image named {name!r}")
+    return str(examples[name])
+
+
+def checkpoint_score(
+    segmenter: Segmenter, checkpoints: dict[str, Path], label: str | None
+) -> float:
+    """Where the slider goes for a checkpoint: the score threshold it was trained with,
+    within the slider's range."""
+    predictor = segmenter.predictor(checkpoint_path(checkpoints, label))
+    return min(max(float(predictor.trained_score_thresh), MIN_SCORE), MAX_SCORE)
+
+
+@dataclass(frozen=True)
+class Segmentation:
+    """What the Segment tab shows for one request."""
+
+    overlay: np.ndarray  # RGB, the kept cells outlined
+    count: int
+    mean_area: float  # px², to 0.1
+    summary: str  # markdown
+    histogram: pd.DataFrame  # area bin -> cells (area_histogram)
+    downloads: tuple[Path, Path]  # label TIFF, COCO JSON
+    notes: list[str]  # "file: what was converted" (e.g. RGB to gray)
+
+
+def segment(
+    segmenter: Segmenter,
+    checkpoints: dict[str, Path],
+    source: str | Path | None,
+    checkpoint_label: str | None,
+    mode: str,
+    score: float,
+    work: Path,
+) -> Segmentation:
+    """The Segment tab's answer: the image at `source` segmented with the chosen checkpoint,
+    the cells above `score`, downloads written under `work`."""
+    source = require_image(source)
+    checkpoint = checkpoint_path(checkpoints, checkpoint_label)
+    if mode not in get_args(Mode):
+        raise LivecellsegError(f"mode {mode!r}: choose one of {list(get_args(Mode))}")
+    if score is None or not MIN_SCORE <= score <= 1:
+        raise LivecellsegError(f"score threshold {score}: give a number in [{MIN_SCORE}, 1]")
+    # one directory per request kind: repeating a request rewrites, not accumulates
+    key = f"{source}|{checkpoint_label}|{mode}|{score:.2f}".encode()
+    out = work / hashlib.sha1(key).hexdigest()[:16]
+    prediction, view, downloads, notes = respond(segmenter, source, checkpoint, mode, score, out)
+    h, w = prediction.image.shape
+    summary = (
+        f"**{view.count} cells** above score {score:.2f} · mean area {view.mean_area:.0f} px² · "
+        f"{w}x{h} px · {mode} · model time {prediction.seconds:.1f} s"
+    )
+    return Segmentation(
+        overlay=view.overlay,
+        count=view.count,
+        mean_area=round(view.mean_area, 1),
+        summary=summary,
+        histogram=area_histogram(view.areas),
+        downloads=downloads,
+        notes=[f"{Path(source).name}: {note}" for note in notes],
+    )
+
+
+def explain(
+    segmenter: Segmenter,
+    checkpoints: dict[str, Path],
+    source: str | Path | None,
+    checkpoint_label: str | None,
+    work: Path,
+) -> tuple[list[list], list[tuple[str, str]]]:
+    """The Explain tab's answer: (module, share of mean |activation| %) rows and the figures
+    as (PNG path, caption) pairs, written into a new directory under `work`."""
+    from livecellseg.explain import save_explanation
+
+    image, _ = load_image(require_image(source))
+    exp = segmenter.explain(image, checkpoint_path(checkpoints, checkpoint_label))
+    files = save_explanation(exp, image, Path(tempfile.mkdtemp(dir=work)))
+    rows = [[module, round(share, 2)] for module, share in exp.importance.items()]
+    return rows, [(str(f), f.stem) for f in files if f.suffix == ".png"]
+
+
+@contextlib.contextmanager
+def _gradio_errors(gr):
+    """A LivecellsegError becomes a gr.Error with its message; anything else is logged with
+    its traceback and shown as one line."""
+    try:
+        yield
+    except LivecellsegError as e:
+        raise gr.Error(html.escape(str(e)), title="Cannot segment this") from None
+    except Exception as e:
+        log.exception("unexpected error")
+        message = f"unexpected error ({type(e).__name__}: {e}); see the server log"
+        raise gr.Error(html.escape(message), title="Error") from None
+
+
+def _gradio_adapters(
+    gr, segmenter: Segmenter, checkpoints: dict[str, Path], examples: dict[str, Path], work: Path
+) -> SimpleNamespace:
+    """The event handlers as Gradio calls them: each calls the plain function and turns its
+    values into component values, its notes into gr.Warning, its errors into gr.Error."""
+
+    def segment_(source, label, mode, score, progress=gr.Progress()):  # noqa: B008
+        progress(0.1, desc="segmenting (the first time per image and model)")
+        with _gradio_errors(gr):
+            r = segment(segmenter, checkpoints, source, label, mode, score, work)
+        for note in r.notes:
+            gr.Warning(html.escape(note))
+        bars = gr.BarPlot(value=r.histogram, sort=list(r.histogram[AREA_BIN]))
+        return r.overlay, r.count, r.mean_area, r.summary, bars, [str(p) for p in r.downloads]
+
+    def control(source, *rest):  # a control moved: nothing to redo before an image
+        return segment_(source, *rest) if source else gr.skip()  # one skip() skips every output
+
+    def checkpoint(label):
+        with _gradio_errors(gr):
+            return checkpoint_score(segmenter, checkpoints, label)
+
+    def example(name):
+        with _gradio_errors(gr):
+            return example_path(examples, name)
+
+    def explain_(source, label):
+        with _gradio_errors(gr):
+            return explain(segmenter, checkpoints, source, label, work)
+
+    return SimpleNamespace(
+        segment=segment_, control=control, checkpoint=checkpoint, example=example, explain=explain_
+    )
+
+
+INTRO = (
+    "## livecellseg: cell instance segmentation (Mask R-CNN, LIVECell)\n"
+    "Upload a phase-contrast image or pick an example; outlines are drawn in magenta. "
+    "Moving the score threshold re-filters the cached prediction without re-running the model."
+)
+EXPLAIN_INTRO = (
+    "One forward pass on the current image with hooks on the backbone stages, CBAM blocks, "
+    "FPN levels, RPN and heads: each module's share of the mean absolute activation, its "
+    "feature maps, and the attention maps."
+)
 
 
 def build_app(segmenter: Segmenter, checkpoints: dict[str, Path], examples: dict[str, Path]):
-    """The Gradio Blocks: a Segment tab and an Explain tab."""
+    """The Gradio Blocks: a Segment tab and an Explain tab; layout and wiring only."""
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     import gradio as gr
 
-    from livecellseg.explain import save_explanation
-
     work = Path(tempfile.mkdtemp(prefix="livecellseg-app-"))
     area_histogram(np.ones(3))  # imports pandas now, not on the first slider move
+    on = _gradio_adapters(gr, segmenter, checkpoints, examples, work)
+    first = next(iter(checkpoints), None)
+    initial = checkpoint_score(segmenter, checkpoints, first) if first else MIN_SCORE  # slider
 
-    def user_error(e: Exception) -> gr.Error:
-        if isinstance(e, LivecellsegError):
-            return gr.Error(html.escape(str(e)), title="Cannot segment this")
-        log.exception("unexpected error")
-        return gr.Error(
-            html.escape(f"unexpected error ({type(e).__name__}: {e}); see the server log"),
-            title="Error",
-        )
-
-    def require(source: str | None) -> str:
-        if not source:
-            raise LivecellsegError("no image yet: upload one or pick an example")
-        return source
-
-    def checkpoint_path(label: str | None) -> Path:
-        if not label or label not in checkpoints:
-            raise LivecellsegError(
-                "no checkpoint chosen; train one (dvc repro) or start the app with --models DIR"
-            )
-        return checkpoints[label]
-
-    def segment(source, ckpt_label, mode, score, progress=gr.Progress()):  # noqa: B008
-        try:
-            progress(0.1, desc="segmenting (the first time per image and model)")
-            # one directory per request kind: repeating a request rewrites, not accumulates
-            key = f"{source}|{ckpt_label}|{mode}|{score:.2f}".encode()
-            out = work / hashlib.sha1(key).hexdigest()[:16]
-            prediction, view, (labels, coco), notes = respond(
-                segmenter, require(source), checkpoint_path(ckpt_label), mode, score, out
-            )
-        except Exception as e:
-            raise user_error(e) from None
-        for note in notes:
-            gr.Warning(html.escape(f"{Path(source).name}: {note}"))
-        image = prediction.image
-        summary = (
-            f"**{view.count} cells** above score {score:.2f} · mean area "
-            f"{view.mean_area:.0f} px² · {image.shape[1]}x{image.shape[0]} px · {mode} · "
-            f"model time {prediction.seconds:.1f} s"
-        )
-        return (
-            view.overlay,
-            view.count,
-            round(view.mean_area, 1),
-            summary,
-            gr.BarPlot(value=(table := area_histogram(view.areas)), sort=list(table["area (px²)"])),
-            [str(labels), str(coco)],
-        )
-
-    def explain(source, ckpt_label):
-        try:
-            image, _ = load_image(require(source))
-            exp = segmenter.explain(image, checkpoint_path(ckpt_label))
-            files = save_explanation(exp, image, Path(tempfile.mkdtemp(dir=work)))
-        except Exception as e:
-            raise user_error(e) from None
-        rows = [[k, round(v, 2)] for k, v in exp.importance.items()]
-        gallery = [(str(f), f.stem) for f in files if f.suffix == ".png"]
-        return rows, gallery
-
-    ckpt_labels = list(checkpoints)
     # delete_cache: Gradio's copies of uploads and outputs older than an hour, hourly
     with gr.Blocks(title="livecellseg", analytics_enabled=False, delete_cache=(3600, 3600)) as demo:
-        gr.Markdown(
-            "## livecellseg: cell instance segmentation (Mask R-CNN, LIVECell)\n"
-            "Upload a phase-contrast image or pick an example; outlines are drawn in magenta. "
-            "Moving the score threshold re-filters the cached prediction without re-running "
-            "the model."
-        )
+        gr.Markdown(INTRO)
         source = gr.State(None)
         with gr.Tab("Segment"), gr.Row():
             with gr.Column(scale=1):
@@ -289,27 +387,21 @@ def build_app(segmenter: Segmenter, checkpoints: dict[str, Path], examples: dict
                     elem_id="upload",
                 )
                 example = gr.Dropdown(
-                    choices=list(examples),
-                    value=None,
-                    label="…or an example image",
-                    elem_id="example",
+                    list(examples), value=None, label="…or an example image", elem_id="example"
                 )
                 ckpt = gr.Dropdown(
-                    choices=ckpt_labels,
-                    value=ckpt_labels[0] if ckpt_labels else None,
-                    label="Model checkpoint",
-                    elem_id="checkpoint",
+                    list(checkpoints), value=first, label="Model checkpoint", elem_id="checkpoint"
                 )
                 mode = gr.Radio(
-                    ["stitched", "whole"],
+                    list(get_args(Mode)),
                     value="stitched",
                     label="Mode",
                     info="stitched: 25 tiles, as the pipeline; whole: one pass, ~3x faster",
                 )
                 score = gr.Slider(
                     MIN_SCORE,
-                    0.95,
-                    value=0.4,
+                    MAX_SCORE,
+                    initial,
                     step=0.01,
                     label="Score threshold",
                     elem_id="score",
@@ -317,11 +409,7 @@ def build_app(segmenter: Segmenter, checkpoints: dict[str, Path], examples: dict
                 run = gr.Button("Segment", variant="primary", elem_id="run")
             with gr.Column(scale=2):
                 overlay = gr.Image(
-                    label="Overlay",
-                    type="numpy",
-                    format="png",
-                    interactive=False,
-                    elem_id="overlay",
+                    label="Overlay", format="png", interactive=False, elem_id="overlay"
                 )
                 with gr.Row():
                     count = gr.Number(label="Cells", elem_id="count", interactive=False)
@@ -330,12 +418,7 @@ def build_app(segmenter: Segmenter, checkpoints: dict[str, Path], examples: dict
                     )
                 summary = gr.Markdown(elem_id="summary")
                 hist = gr.BarPlot(
-                    x="area (px²)",
-                    y="cells",
-                    label="Cell areas",
-                    elem_id="areas",
-                    sort=None,
-                    x_label_angle=-45,
+                    x=AREA_BIN, y="cells", label="Cell areas", elem_id="areas", x_label_angle=-45
                 )
                 downloads = gr.File(
                     label="Downloads: label TIFF, COCO JSON",
@@ -344,11 +427,7 @@ def build_app(segmenter: Segmenter, checkpoints: dict[str, Path], examples: dict
                     elem_id="downloads",
                 )
         with gr.Tab("Explain"):
-            gr.Markdown(
-                "One forward pass on the current image with hooks on the backbone stages, "
-                "CBAM blocks, FPN levels, RPN and heads: each module's share of the mean "
-                "absolute activation, its feature maps, and the attention maps."
-            )
+            gr.Markdown(EXPLAIN_INTRO)
             explain_btn = gr.Button("Explain the current image", elem_id="explain")
             importance = gr.Dataframe(
                 headers=["module", "share of mean |activation| (%)"],
@@ -359,31 +438,30 @@ def build_app(segmenter: Segmenter, checkpoints: dict[str, Path], examples: dict
 
         outputs = [overlay, count, mean_area, summary, hist, downloads]
         inputs = [source, ckpt, mode, score]
+        hidden = {"api_visibility": "undocumented"}
         # API (gradio_client, one session per client): /upload or /example, then /segment
         upload.upload(lambda f: f, upload, source, api_name="upload").then(
-            segment, inputs, outputs, api_name="segment"
+            on.segment, inputs, outputs, api_name="segment"
         )
-        hidden = {"api_visibility": "undocumented"}
-        example.input(
-            lambda e: str(examples[e]) if e else None, example, source, api_name="example"
-        ).then(segment, inputs, outputs, **hidden)
-        run.click(segment, inputs, outputs, **hidden)
-
-        def resegment(source, *rest):  # a control moved: nothing to redo before an image
-            return segment(source, *rest) if source else tuple(gr.skip() for _ in outputs)
-
-        for control in (ckpt, mode):
-            control.input(resegment, inputs, outputs, **hidden)
+        example.input(on.example, example, source, api_name="example").then(
+            on.segment, inputs, outputs, **hidden
+        )
+        run.click(on.segment, inputs, outputs, **hidden)
+        # another checkpoint: the slider moves to its threshold, then the image is redone
+        ckpt.input(on.checkpoint, ckpt, score, **hidden).success(
+            on.control, inputs, outputs, **hidden
+        )
+        mode.input(on.control, inputs, outputs, **hidden)
         # cached: only the newest value matters while the slider moves
         score.input(
-            resegment,
+            on.control,
             inputs,
             outputs,
             show_progress="hidden",
             trigger_mode="always_last",
             **hidden,
         )
-        explain_btn.click(explain, [source, ckpt], [importance, gallery], api_name="explain")
+        explain_btn.click(on.explain, [source, ckpt], [importance, gallery], api_name="explain")
     demo.livecellseg_workdir = work
     return demo
 

@@ -1,9 +1,10 @@
 """The `livecellseg` command: segment your own images, serve the app, explain a model.
 
-livecellseg predict IMAGE_OR_DIR... --model models/custom.pt [--out DIR] [--score 0.4]
+livecellseg predict IMAGE_OR_DIR... --model models/custom.pt [--out DIR] [--score S]
 livecellseg app [--models models] [--host 127.0.0.1] [--port 7860]
 livecellseg explain IMAGE --model models/custom.pt [--out DIR]
 livecellseg export models/custom.pt custom_weights.pt
+livecellseg get-livecell data/livecell [--base-url URL] [--keep-zip]
 """
 
 from __future__ import annotations
@@ -77,14 +78,15 @@ def _parser() -> argparse.ArgumentParser:
         "--score",
         type=float,
         default=None,
-        help="keep cells scoring above this (default: the model's, 0.4)",
+        help="keep cells scoring above this (default: the threshold the model was trained and "
+        "evaluated with, recorded in its checkpoint)",
     )
     pr.add_argument(
         "--mode",
         choices=("stitched", "whole"),
-        default="stitched",
-        help="stitched: 25 overlapping tiles, the pipeline's way (default); "
-        "whole: one pass on the full image (~3x faster on CPU)",
+        default=None,
+        help="stitched: overlapping tiles stitched back, the pipeline's way; whole: one pass "
+        "on the full image (~3x faster on CPU); default: the checkpoint's stitch.mode",
     )
     pr.add_argument(
         "--device",
@@ -171,6 +173,26 @@ def _parser() -> argparse.ArgumentParser:
     xp.add_argument("checkpoint", type=Path, help="training checkpoint, e.g. models/custom.pt")
     xp.add_argument("out", type=Path, help="file to write")
     xp.set_defaults(run=_export)
+
+    gl = sub.add_parser(
+        "get-livecell",
+        help="download real LIVECell (images.zip + COCO annotations) into a data root",
+        description=(
+            "Download LIVECell's images.zip and livecell_coco_{train,val,test}.json into OUT "
+            "in LIVECell's layout: resumes an interrupted download, checks size and the "
+            "server's MD5 ETag, refuses zip members that would land outside OUT. A rerun "
+            "skips what is already there."
+        ),
+    )
+    gl.add_argument("out", type=Path, metavar="OUT", help="data root to create, e.g. data/livecell")
+    gl.add_argument(
+        "--base-url",
+        default=None,
+        metavar="URL",
+        help="the LIVECell_dataset_2021 URL (default: LIVECell's public bucket)",
+    )
+    gl.add_argument("--keep-zip", action="store_true", help="keep images.zip after unpacking")
+    gl.set_defaults(run=_get_livecell)
     return p
 
 
@@ -203,18 +225,11 @@ def _output_stems(files: list[Path]) -> list[str]:
 def _predict(args) -> int:
     from tqdm import tqdm
 
-    from livecellseg.engine import pick_device
-    from livecellseg.images import load_image, write_labels
-    from livecellseg.io import write_csv, write_json
-    from livecellseg.predict import Predictor, coco_document
-    from livecellseg.visualize import (
-        PRED_COLOUR,
-        cell_pixels,
-        draw_outlines,
-        gray_to_rgb,
-        label_image,
-        save_png,
-    )
+    from livecellseg.images import load_image
+    from livecellseg.io import write_csv
+    from livecellseg.predict import Predictor, write_segmentation
+    from livecellseg.runtime import pick_device
+    from livecellseg.visualize import PRED_COLOUR, cell_pixels, draw_outlines, gray_to_rgb, save_png
 
     if args.score is not None and not 0 <= args.score <= 1:
         raise LivecellsegError(f"--score {args.score}: give a fraction in [0, 1]")
@@ -226,14 +241,15 @@ def _predict(args) -> int:
         )
     device = pick_device(args.device)
     predictor, ckpt = Predictor.from_checkpoint(args.model, device, score_thresh=args.score)
-    score = predictor.model.roi_heads.score_thresh
+    mode = args.mode or predictor.settings.stitch.mode
+    score = predictor.score_thresh
     log.info(
         "%s model (%s, epoch %s) on %d images, %s mode, score > %.2f, %s -> %s",
         ckpt["name"],
         args.model,
         ckpt.get("epoch"),
         len(files),
-        args.mode,
+        mode,
         score,
         device,
         args.out,
@@ -264,11 +280,9 @@ def _predict(args) -> int:
         for note in notes:
             log.warning("%s: %s", path, note)
         t0 = time.perf_counter()
-        det, _ = predictor(image, args.mode)
+        det, _ = predictor(image, mode)
         cells = cell_pixels(det.rles, image.shape)
-        h, w = image.shape
-        write_labels(args.out / f"{stem}_labels.tif", label_image(cells, det.scores))
-        write_json(args.out / f"{stem}_coco.json", coco_document(path.name, h, w, det), indent=None)
+        write_segmentation(args.out, stem, path.name, det, cells)
         save_png(
             args.out / f"{stem}_overlay.png", draw_outlines(gray_to_rgb(image), cells, PRED_COLOUR)
         )
@@ -315,17 +329,17 @@ def _app(args) -> int:
 
 
 def _explain(args) -> int:
-    from livecellseg.engine import pick_device
     from livecellseg.explain import explain_image, save_explanation
     from livecellseg.images import load_image
-    from livecellseg.predict import load_model
+    from livecellseg.predict import Predictor
+    from livecellseg.runtime import pick_device
 
     image, notes = load_image(args.image)
     for note in notes:
         log.warning("%s: %s", args.image, note)
     device = pick_device(args.device)
-    model, ckpt = load_model(args.model, None, device)
-    explanation = explain_image(model, image, device, top=args.top)
+    predictor, _ = Predictor.from_checkpoint(args.model, device)
+    explanation = explain_image(predictor, image, top=args.top)
     files = save_explanation(explanation, image, args.out)
     print(f"{'module':<16} share of mean |activation|")
     for name, share in explanation.importance.items():
@@ -335,10 +349,18 @@ def _explain(args) -> int:
 
 
 def _export(args) -> int:
-    from livecellseg.engine import export_weights
+    from livecellseg.checkpoint import export_weights
 
     before, after = export_weights(args.checkpoint, args.out)
     print(f"{args.out}: {after / 2**20:.1f} MB (from {before / 2**20:.1f} MB)")
+    return 0
+
+
+def _get_livecell(args) -> int:
+    from livecellseg.livecell import BASE_URL, fetch_livecell
+
+    base_url = (BASE_URL if args.base_url is None else args.base_url).rstrip("/")
+    fetch_livecell(args.out, base_url=base_url, keep_zip=args.keep_zip)
     return 0
 
 

@@ -168,9 +168,16 @@ def to_rle(seg: list[list[float]] | dict, height: int, width: int) -> dict:
     return mask_utils.merge(mask_utils.frPyObjects(seg, height, width))
 
 
+def encode_masks(masks: np.ndarray) -> list[dict]:
+    """Binary masks (n, h, w) -> n RLEs (pycocotools form, bytes counts)."""
+    if len(masks) == 0:
+        return []
+    return mask_utils.encode(np.asfortranarray(masks.transpose(1, 2, 0).astype(np.uint8)))
+
+
 def encode_mask(mask: np.ndarray) -> dict:
-    """Binary mask -> JSON-ready RLE (counts as str)."""
-    rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
+    """One binary mask (h, w) -> JSON-ready RLE (counts as str)."""
+    (rle,) = encode_masks(mask[None])
     rle["counts"] = rle["counts"].decode("ascii")
     return rle
 

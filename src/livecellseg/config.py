@@ -301,6 +301,11 @@ def _build(cls: type, raw: Any, prefix: str) -> Any:
     return cls(**values)
 
 
+def parse_section(cls: type, raw: Any, key: str) -> Any:
+    """One section (e.g. ModelConfig under 'model'), validated as load_params does."""
+    return _build(cls, raw, key)
+
+
 def parse_params(raw: Any) -> Params:
     return _build(Params, raw, "")
 

@@ -1,130 +1,282 @@
-"""One training engine for both models: phases, warm-up, clipping, AMP, DDP, resume, dvclive.
+"""The training loop: `fit` runs a model through its phases; `train_one_epoch` and `evaluate`
+are the pair torchvision's detection reference keeps.
 
-Follows torchvision's detection reference: one `train_one_epoch` / `evaluate` pair, a
-non-finite loss stops the run, checkpoints are plain dicts. A run is a list of phases
-(transfer: frozen backbone, then unfrozen; custom: one phase), counted in global epochs.
+A run is a list of phases (transfer: frozen backbone, then unfrozen; custom: one phase),
+counted in global epochs. A non-finite loss stops it. Each epoch is logged, then
+checkpointed (checkpoint.py); an unfinished run of the same params and data resumes from
+its last checkpoint and ends byte-identical to one never stopped. Where it runs (device,
+DDP) is runtime.py's business, the dvclive log trainlog.py's.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-import os
-import resource
-import sys
 import time
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-import torch.distributed as dist
-import torchvision
-from pycocotools import mask as mask_utils
-from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, DistributedSampler, Subset
+from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
-import livecellseg
+from livecellseg.checkpoint import FORMAT, load_checkpoint, save_checkpoint, versions
+from livecellseg.coco import encode_masks
 from livecellseg.datasets import TileDataset, collate
 from livecellseg.errors import LivecellsegError
-from livecellseg.io import atomic_path, remove_stale_temps
+from livecellseg.io import remove_stale_temps
 from livecellseg.metrics import DetectionCounts
-from livecellseg.models import parameter_table, set_backbone_frozen
+from livecellseg.models import inference_applied, inference_of, set_backbone_frozen
+from livecellseg.runtime import Runtime, is_main, peak_memory_bytes, seed_everything, start_runtime
+from livecellseg.settings import FitConfig, Phase
+from livecellseg.trainlog import TrainingLog
 
 log = logging.getLogger(__name__)
-CHECKPOINT_FORMAT = 1
-
-
-@dataclass(frozen=True)
-class Phase:
-    epochs: int
-    optimizer: str  # "sgd" | "adamw"
-    lr: float
-    weight_decay: float
-    momentum: float = 0.9
-    frozen_backbone: bool | None = None  # None: keep the model's trainable set as built
-    step_size: int = 0  # StepLR period in epochs; 0: constant after warm-up
-    gamma: float = 0.1
-
-
-@dataclass(frozen=True)
-class FitConfig:
-    phases: tuple[Phase, ...]
-    batch_size: int
-    warmup_steps: int
-    grad_clip: float  # max gradient norm; 0: no clipping
-    max_tiles_per_epoch: int  # 0: all tiles
-    max_val_tiles: int  # 0: all tiles
-    augmentation: dict
-    mask_thresh: float
-    val_score_thresh: float
-    val_detections_per_tile: int
-    seed: int
-    workers: int
-    amp: bool
-    device: str  # "auto" | "cpu" | "cuda"
-
-    @property
-    def epochs(self) -> int:
-        return sum(p.epochs for p in self.phases)
 
 
 class NonFiniteLoss(LivecellsegError):
     pass
 
 
-def seed_everything(seed: int) -> None:
-    import random
+@dataclass
+class TrainingPhase:
+    """The phase being trained: its index, the module to train (the model or its DDP
+    wrapper), its optimizer and scheduler."""
 
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-def pick_device(wanted: str, local_rank: int = 0) -> torch.device:
-    if wanted == "cuda" and not torch.cuda.is_available():
-        raise LivecellsegError("train.device is 'cuda' but no CUDA device is visible; use 'auto'")
-    if wanted in ("auto", "cuda") and torch.cuda.is_available():
-        return torch.device("cuda", local_rank)
-    return torch.device("cpu")
+    index: int
+    train_model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
 
 
-def peak_memory_bytes(device: torch.device) -> int:
-    if device.type == "cuda":
-        return int(torch.cuda.max_memory_allocated(device))
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+@dataclass
+class Run:
+    """What a training run holds between epochs."""
+
+    name: str
+    model: torch.nn.Module
+    cfg: FitConfig
+    rt: Runtime
+    identity: dict  # {"params": ..., "run": ...}: a checkpoint of another identity is not resumed
+    best_path: Path
+    last_path: Path
+    scaler: torch.amp.GradScaler | None = None
+    epoch: int = 0  # the epoch being trained, 0-based (after a resume: the first left)
+    best_f1: float = -1.0
+    best_epoch: int = -1
+    resumed: dict[str, Any] | None = None  # the checkpoint resumed, until its phase is set up
+
+    def resume(self, wanted: bool) -> None:
+        """Clean up after a killed run; continue its last checkpoint if it is this run's."""
+        paths = (self.best_path, self.last_path)
+        if self.rt.is_main and (stale := sum(remove_stale_temps(p) for p in paths)):
+            log.info("removed %d temporary checkpoint(s) left by a killed run", stale)
+        if not (wanted and self.last_path.exists()):
+            return
+        ckpt = load_checkpoint(self.last_path)
+        if {k: ckpt.get(k) for k in self.identity} != self.identity or (
+            ckpt["epoch"] >= self.cfg.epochs
+        ):
+            log.info("%s is from another run or finished; starting afresh", self.last_path)
+            return
+        self.model.load_state_dict(ckpt["model"])
+        self.epoch, self.best_f1, self.best_epoch = (
+            ckpt["epoch"],
+            ckpt["best_f1"],
+            ckpt["best_epoch"],
+        )
+        self.resumed = ckpt
+        log.info(
+            "resuming %s from %s at epoch %d of %d",
+            self.name,
+            self.last_path,
+            self.epoch,
+            self.cfg.epochs,
+        )
+
+    def start_phase(self, index: int, steps_per_epoch: int) -> TrainingPhase:
+        """Set the trainable set, wrap for DDP, make the optimizer; restore them on resume."""
+        phase = self.cfg.phases[index]
+        if phase.frozen_backbone is not None:
+            set_backbone_frozen(self.model, phase.frozen_backbone)
+        train_model = self.rt.wrap(self.model)
+        optimizer, scheduler = make_optimizer(
+            self.model, phase, self.cfg.warmup_steps, steps_per_epoch
+        )
+        ckpt = self.resumed
+        if ckpt is not None and ckpt["phase"] == index:
+            optimizer.load_state_dict(ckpt["optimizer"])
+            scheduler.load_state_dict(ckpt["scheduler"])
+            if self.scaler is not None and ckpt.get("scaler"):
+                self.scaler.load_state_dict(ckpt["scaler"])
+        return TrainingPhase(index, train_model, optimizer, scheduler)
+
+    def validate(self, val_set: TileDataset) -> tuple[dict[str, float], bool]:
+        """Validation metrics, and whether they are the best so far."""
+        val = evaluate(
+            self.model,
+            val_set,
+            self.rt.device,
+            mask_thresh=self.cfg.mask_thresh,
+            score_thresh=self.cfg.val_score_thresh,
+            iou_thresh=self.cfg.val_iou_thresh,
+            max_detections=self.cfg.val_detections_per_tile,
+        )
+        improved = val["f1"] > self.best_f1
+        if improved:
+            self.best_f1, self.best_epoch = val["f1"], self.epoch + 1
+        return val, improved
+
+    def save(self, phase: TrainingPhase, val: dict[str, float], improved: bool) -> None:
+        """Checkpoint the epoch just trained: as last, and as best if it improved."""
+        state = {
+            "format": FORMAT,
+            "name": self.name,
+            "model": self.model.state_dict(),
+            "optimizer": phase.optimizer.state_dict(),
+            "scheduler": phase.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict() if self.scaler else {},
+            "epoch": self.epoch + 1,
+            "phase": phase.index,
+            "best_f1": self.best_f1,
+            "best_epoch": self.best_epoch,
+            **self.identity,
+            "val": val,
+            "versions": versions(),
+        }
+        if improved:
+            save_checkpoint(state, self.best_path)
+        save_checkpoint(state, self.last_path)
 
 
-def _phase_at(phases: tuple[Phase, ...], epoch: int) -> tuple[int, int]:
-    """(phase index, first global epoch of that phase) for a global epoch."""
+def fit(
+    model,
+    train_set: TileDataset,
+    val_set: TileDataset,
+    cfg: FitConfig,
+    *,
+    name: str,
+    best_path: Path,
+    last_path: Path,
+    live_dir: Path,
+    identity: dict,
+    resume: bool,
+) -> dict:
+    """Train through cfg.phases; write best/last checkpoints and dvclive logs; return summary.
+
+    With `resume`, an unfinished last checkpoint of the same `identity` (params and data)
+    is continued and any other ignored, so a param or data change never continues a stale run.
+    """
+    rt = start_runtime(cfg.device)
+    seed_everything(cfg.seed)
+    run = Run(name, model.to(rt.device), cfg, rt, identity, best_path, last_path)
+    run.scaler = torch.amp.GradScaler("cuda") if cfg.amp and rt.device.type == "cuda" else None
+    run.resume(resume)
+    trainlog = TrainingLog(live_dir, resumed=run.resumed is not None, enabled=rt.is_main)
+    phase, step = None, 0
+    for epoch in range(run.epoch, cfg.epochs):
+        run.epoch = epoch
+        loader = _epoch_loader(train_set, cfg, epoch, rt)
+        if phase is None or phase.index != _phase_at(cfg.phases, epoch):
+            phase = run.start_phase(_phase_at(cfg.phases, epoch), len(loader))
+            step = epoch * len(loader)
+            if run.resumed is not None:  # a killed run logged past its checkpoint
+                trainlog.trim(epoch_step=epoch, batch_step=step)
+        train_set.set_epoch(epoch)
+
+        def log_batch(values: dict[str, float]) -> None:
+            nonlocal step
+            step += 1
+            trainlog.batch(step, values)
+
+        t0 = time.perf_counter()
+        stats = train_one_epoch(
+            phase.train_model,
+            phase.optimizer,
+            phase.scheduler,
+            loader,
+            rt.device,
+            scaler=run.scaler,
+            grad_clip=cfg.grad_clip,
+            on_step=log_batch,
+            desc=f"{name} epoch {epoch + 1}/{cfg.epochs}",
+        )
+        seconds = time.perf_counter() - t0
+        if rt.is_main:
+            val, improved = run.validate(val_set)
+            _log_epoch(trainlog, run, phase, stats, val, seconds)  # before the checkpoint
+            run.save(phase, val, improved)  # a kill between the two: trimmed and redone
+        rt.barrier()
+        run.resumed = None
+    rt.close()
+    return trainlog.written
+
+
+def _phase_at(phases: tuple[Phase, ...], epoch: int) -> int:
+    """The index of the phase a global epoch belongs to."""
     start = 0
     for i, p in enumerate(phases):
         if epoch < start + p.epochs:
-            return i, start
+            return i
         start += p.epochs
     raise ValueError(epoch)
 
 
-def make_optimizer(model: torch.nn.Module, phase: Phase, warmup_steps: int, steps_per_epoch: int):
-    params = [p for p in model.parameters() if p.requires_grad]
-    if phase.optimizer == "sgd":
-        opt = torch.optim.SGD(
-            params, lr=phase.lr, momentum=phase.momentum, weight_decay=phase.weight_decay
-        )
-    else:
-        opt = torch.optim.AdamW(params, lr=phase.lr, weight_decay=phase.weight_decay)
+def _epoch_loader(train_set: TileDataset, cfg: FitConfig, epoch: int, rt: Runtime) -> DataLoader:
+    """The epoch's tiles (all, or a seeded draw of max_tiles_per_epoch), shuffled by a
+    generator of (seed, epoch): the same epoch draws the same, resumed or not."""
+    torch.manual_seed(cfg.seed * 1000 + epoch)
+    epoch_set = train_set
+    if cfg.max_tiles_per_epoch and cfg.max_tiles_per_epoch < len(train_set):
+        rng = np.random.default_rng([cfg.seed, epoch])
+        chosen = rng.choice(len(train_set), cfg.max_tiles_per_epoch, replace=False)
+        epoch_set = Subset(train_set, sorted(chosen.tolist()))
+    sampler = rt.sampler(epoch_set, cfg.seed, epoch)
+    return DataLoader(
+        epoch_set,
+        batch_size=cfg.batch_size,
+        shuffle=sampler is None,
+        sampler=sampler,
+        collate_fn=collate,
+        num_workers=cfg.workers,
+        pin_memory=rt.device.type == "cuda",
+        generator=torch.Generator().manual_seed(cfg.seed * 1000 + epoch),
+        drop_last=False,
+    )
 
-    def factor(step: int) -> float:  # linear warm-up per step, then StepLR per epoch
-        warm = min(1.0, (step + 1) / warmup_steps) if warmup_steps else 1.0
-        decay = (
-            phase.gamma ** (step // steps_per_epoch // phase.step_size) if phase.step_size else 1.0
-        )
-        return warm * decay
 
-    return opt, torch.optim.lr_scheduler.LambdaLR(opt, factor)
+def _log_epoch(trainlog: TrainingLog, run: Run, phase: TrainingPhase, stats, val, seconds) -> None:
+    trainlog.epoch(
+        run.epoch + 1,
+        {f"train_{k}": v for k, v in stats.items()}
+        | {f"val_{k}": v for k, v in val.items()}
+        | {
+            "lr": phase.optimizer.param_groups[0]["lr"],
+            "time_s": seconds,
+            "peak_memory_mb": peak_memory_bytes(run.rt.device) / 2**20,
+        },
+    )
+    trainlog.summary(
+        run.model,
+        pretrained=bool(run.identity["run"]["pretrained"]),
+        best_val_f1=run.best_f1,
+        best_epoch=run.best_epoch,
+        epochs_done=run.epoch + 1,
+        epochs=run.cfg.epochs,
+    )
+    log.info(
+        "epoch %d/%d (phase %d): loss %.4f, val F1 %.4f, mIoU %.4f, %.1f s",
+        run.epoch + 1,
+        run.cfg.epochs,
+        phase.index + 1,
+        stats["loss"],
+        val["f1"],
+        val["miou"],
+        seconds,
+    )
 
 
 def train_one_epoch(
@@ -143,7 +295,7 @@ def train_one_epoch(
     sums: dict[str, float] = defaultdict(float)
     grad_norms: list[float] = []
     n = 0
-    bar = tqdm(loader, desc=desc, unit="batch", disable=not _is_main())
+    bar = tqdm(loader, desc=desc, unit="batch", disable=not is_main())
     for images, targets in bar:
         images = [im.to(device, non_blocking=True) for im in images]
         targets = [{k: v.to(device, non_blocking=True) for k, v in t.items()} for t in targets]
@@ -184,14 +336,6 @@ def train_one_epoch(
     return stats
 
 
-def masks_to_rles(masks: torch.Tensor, thresh: float) -> list[dict]:
-    """(N, 1, H, W) mask probabilities -> RLEs of the thresholded masks."""
-    binary = (masks[:, 0] > thresh).cpu().numpy().astype(np.uint8)
-    if not len(binary):
-        return []
-    return mask_utils.encode(np.asfortranarray(binary.transpose(1, 2, 0)))
-
-
 @torch.inference_mode()
 def evaluate(
     model,
@@ -200,331 +344,56 @@ def evaluate(
     *,
     mask_thresh: float,
     score_thresh: float,
-    max_detections: int = 0,
+    iou_thresh: float,
+    max_detections: int = 0,  # 0: the model's own cap
     batch_size: int = 4,
 ) -> dict[str, float]:
-    """Precision/recall/F1/mIoU at mask IoU 0.5 on tiles, and predictions per tile."""
+    """Precision/recall/F1/mIoU at mask IoU `iou_thresh` on tiles, and predictions per tile."""
     model.eval()
-    heads = model.roi_heads
-    saved = heads.detections_per_img, heads.score_thresh
+    now = inference_of(model)
     # Only detections above score_thresh are counted: drop the rest before the mask head runs.
-    heads.score_thresh = max(heads.score_thresh, score_thresh)
-    if max_detections:
-        heads.detections_per_img = min(heads.detections_per_img, max_detections)
-    try:
-        return _evaluate(model, dataset, device, mask_thresh, score_thresh, batch_size)
-    finally:
-        heads.detections_per_img, heads.score_thresh = saved
+    val = replace(
+        now,
+        score_thresh=max(now.score_thresh, score_thresh),
+        detections_per_img=min(now.detections_per_img, max_detections or now.detections_per_img),
+    )
+    with inference_applied(model, val):
+        return _evaluate(model, dataset, device, mask_thresh, score_thresh, iou_thresh, batch_size)
 
 
-def _evaluate(model, dataset, device, mask_thresh, score_thresh, batch_size) -> dict[str, float]:
+def _evaluate(
+    model, dataset, device, mask_thresh, score_thresh, iou_thresh, batch_size
+) -> dict[str, float]:
     counts = DetectionCounts()
     per_image: list[int] = []
     loader = DataLoader(dataset, batch_size=batch_size, collate_fn=collate)
-    for images, targets in tqdm(loader, desc="val", unit="batch", disable=not _is_main()):
+    for images, targets in tqdm(loader, desc="val", unit="batch", disable=not is_main()):
         outputs = model([im.to(device) for im in images])
         for out, target in zip(outputs, targets, strict=True):
             keep = out["scores"] > score_thresh
-            pred = masks_to_rles(out["masks"][keep], mask_thresh)
-            gt_masks = target["masks"].numpy()
-            gt = (
-                mask_utils.encode(np.asfortranarray(gt_masks.transpose(1, 2, 0)))
-                if len(gt_masks)
-                else []
-            )
-            counts.add(gt, pred)
+            pred = encode_masks((out["masks"][keep][:, 0] > mask_thresh).cpu().numpy())
+            gt = encode_masks(target["masks"].numpy())
+            counts.add(gt, pred, iou_thresh)
             per_image.append(len(pred))
     return counts.summary() | {
         "predictions_per_tile": float(np.mean(per_image)) if per_image else 0.0
     }
 
 
-def _is_main() -> bool:
-    return not dist.is_initialized() or dist.get_rank() == 0
-
-
-def _save_atomic(obj: dict, path: Path) -> None:
-    # through a file object: torch.save names the zip's root after a path it is given, and
-    # the temporary name is random, so saving to the path would change the bytes every run
-    with atomic_path(path) as tmp, open(tmp, "wb") as f:
-        torch.save(_interned(obj), f)
-
-
-def _interned(obj: Any) -> Any:
-    """The same structure with every string interned. Pickle writes a repeated object once,
-    so equal strings must be one object for a resumed run (whose optimizer keys came from a
-    loaded checkpoint) to save the same bytes as a run never stopped."""
-    if isinstance(obj, str):
-        return sys.intern(obj)
-    if isinstance(obj, dict):
-        return {_interned(k): _interned(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return type(obj)(_interned(v) for v in obj)
-    return obj
-
-
-TRAINING_STATE = ("optimizer", "scheduler", "scaler")
-
-
-def export_weights(checkpoint: Path, out: Path) -> tuple[int, int]:
-    """Copy a checkpoint without its training state; return (bytes before, bytes after)."""
-    ckpt = load_checkpoint(checkpoint)
-    _save_atomic({k: v for k, v in ckpt.items() if k not in TRAINING_STATE}, out)
-    return checkpoint.stat().st_size, out.stat().st_size
-
-
-def load_checkpoint(path: Path) -> dict[str, Any]:
-    if not path.is_file():
-        raise LivecellsegError(
-            f"{path}: checkpoint not found; train it (dvc repro) or fix the path"
+def make_optimizer(model: torch.nn.Module, phase: Phase, warmup_steps: int, steps_per_epoch: int):
+    params = [p for p in model.parameters() if p.requires_grad]
+    if phase.optimizer == "sgd":
+        opt = torch.optim.SGD(
+            params, lr=phase.lr, momentum=phase.momentum, weight_decay=phase.weight_decay
         )
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise LivecellsegError(
-            f"{path}: not a readable checkpoint ({type(e).__name__}); delete it and retrain"
-        ) from None
-    if not isinstance(ckpt, dict) or "model" not in ckpt or "format" not in ckpt:
-        raise LivecellsegError(f"{path}: not a livecellseg checkpoint; delete it and retrain")
-    if ckpt["format"] > CHECKPOINT_FORMAT:
-        raise LivecellsegError(
-            f"{path}: checkpoint format {ckpt['format']} is newer than this livecellseg "
-            f"({CHECKPOINT_FORMAT}); upgrade livecellseg"
+    else:
+        opt = torch.optim.AdamW(params, lr=phase.lr, weight_decay=phase.weight_decay)
+
+    def factor(step: int) -> float:  # linear warm-up per step, then StepLR per epoch
+        warm = min(1.0, (step + 1) / warmup_steps) if warmup_steps else 1.0
+        decay = (
+            phase.gamma ** (step // steps_per_epoch // phase.step_size) if phase.step_size else 1.0
         )
-    return ckpt
+        return warm * decay
 
-
-def versions() -> dict[str, str]:
-    return {
-        "livecellseg": livecellseg.__version__,
-        "torch": str(torch.__version__),
-        "torchvision": str(torchvision.__version__),
-    }
-
-
-def fit(
-    model,
-    train_set: TileDataset,
-    val_set: TileDataset,
-    cfg: FitConfig,
-    *,
-    name: str,
-    best_path: Path,
-    last_path: Path,
-    live_dir: Path,
-    run_meta: dict,
-    resume: bool,
-) -> dict:
-    """Train through cfg.phases; write best/last checkpoints and dvclive logs; return summary.
-
-    `run_meta` identifies the run (model params, data fingerprint, pretrained flag). With
-    `resume`, an unfinished last checkpoint with the same `run_meta` is continued; any other
-    is ignored, so a param or data change never continues a stale run.
-    """
-    from dvclive import Live
-
-    distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    device = pick_device(cfg.device, local_rank)
-    if distributed and not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    if device.type == "cuda":
-        torch.cuda.set_device(device)
-    world = dist.get_world_size() if distributed else 1
-    rank = dist.get_rank() if distributed else 0
-    seed_everything(cfg.seed)
-    model.to(device)
-    scaler = torch.amp.GradScaler("cuda") if cfg.amp and device.type == "cuda" else None
-
-    start_epoch, best_f1, best_epoch, ckpt = 0, -1.0, -1, None
-    if rank == 0 and (stale := remove_stale_temps(best_path) + remove_stale_temps(last_path)):
-        log.info("removed %d temporary checkpoint(s) left by a killed run", stale)
-    if resume and last_path.exists():
-        ckpt = load_checkpoint(last_path)
-        if ckpt.get("params") == run_meta and ckpt["epoch"] < cfg.epochs:
-            model.load_state_dict(ckpt["model"])
-            start_epoch, best_f1, best_epoch = ckpt["epoch"], ckpt["best_f1"], ckpt["best_epoch"]
-            log.info(
-                "resuming %s from %s at epoch %d of %d", name, last_path, start_epoch, cfg.epochs
-            )
-        else:
-            log.info("%s is from another run or finished; starting afresh", last_path)
-            ckpt = None
-    live = (
-        Live(str(live_dir), dvcyaml=None, save_dvc_exp=False, resume=ckpt is not None)
-        if rank == 0
-        else None
-    )
-    train_model = model
-
-    phase_index, optimizer, scheduler, global_step = -1, None, None, 0
-    for epoch in range(start_epoch, cfg.epochs):
-        i, phase_start = _phase_at(cfg.phases, epoch)
-        phase = cfg.phases[i]
-        torch.manual_seed(cfg.seed * 1000 + epoch)  # same epoch, same draws, resumed or not
-        epoch_set = _epoch_subset(train_set, cfg, epoch)
-        sampler = (
-            DistributedSampler(epoch_set, world, rank, shuffle=True, seed=cfg.seed)
-            if distributed
-            else None
-        )
-        if sampler:
-            sampler.set_epoch(epoch)
-        loader = DataLoader(
-            epoch_set,
-            batch_size=cfg.batch_size,
-            shuffle=sampler is None,
-            sampler=sampler,
-            collate_fn=collate,
-            num_workers=cfg.workers,
-            pin_memory=device.type == "cuda",
-            generator=torch.Generator().manual_seed(cfg.seed * 1000 + epoch),
-            drop_last=False,
-        )
-        if i != phase_index:
-            if phase.frozen_backbone is not None:
-                set_backbone_frozen(model, phase.frozen_backbone)
-            if distributed:  # DDP records the trainable set when it wraps the model
-                train_model = DistributedDataParallel(model)
-            optimizer, scheduler = make_optimizer(model, phase, cfg.warmup_steps, len(loader))
-            if ckpt is not None and ckpt["phase"] == i:
-                optimizer.load_state_dict(ckpt["optimizer"])
-                scheduler.load_state_dict(ckpt["scheduler"])
-                if scaler is not None and ckpt.get("scaler"):
-                    scaler.load_state_dict(ckpt["scaler"])
-            phase_index = i
-            global_step = epoch * len(loader)
-            if ckpt is not None and live is not None:  # a killed run logged past its checkpoint
-                _trim_live_logs(live_dir, epoch_step=epoch, batch_step=global_step)
-        train_set.set_epoch(epoch)
-
-        def on_step(values, _epoch=epoch):
-            nonlocal global_step
-            global_step += 1
-            if live is not None:
-                live.step = global_step
-                for k, v in values.items():
-                    live.log_metric(f"batch/{k}", v)
-
-        t0 = time.perf_counter()
-        stats = train_one_epoch(
-            train_model,
-            optimizer,
-            scheduler,
-            loader,
-            device,
-            scaler=scaler,
-            grad_clip=cfg.grad_clip,
-            on_step=on_step,
-            desc=f"{name} epoch {epoch + 1}/{cfg.epochs}",
-        )
-        epoch_time = time.perf_counter() - t0
-        if rank == 0:
-            val = evaluate(
-                model,
-                val_set,
-                device,
-                mask_thresh=cfg.mask_thresh,
-                score_thresh=cfg.val_score_thresh,
-                max_detections=cfg.val_detections_per_tile,
-            )
-            improved = val["f1"] > best_f1
-            if improved:
-                best_f1, best_epoch = val["f1"], epoch + 1
-            state = {
-                "format": CHECKPOINT_FORMAT,
-                "name": name,
-                "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(),
-                "scaler": scaler.state_dict() if scaler else {},
-                "epoch": epoch + 1,
-                "phase": i,
-                "best_f1": best_f1,
-                "best_epoch": best_epoch,
-                "params": run_meta,
-                "val": val,
-                "versions": versions(),
-            }
-            live.step = epoch + 1
-            for k, v in stats.items():
-                live.log_metric(f"epoch/train_{k}", v)
-            for k, v in val.items():
-                live.log_metric(f"epoch/val_{k}", v)
-            live.log_metric("epoch/lr", optimizer.param_groups[0]["lr"])
-            # time and memory vary between runs: plotted, but kept out of metrics.json
-            live.log_metric("epoch/time_s", epoch_time)
-            live.log_metric("epoch/peak_memory_mb", peak_memory_bytes(device) / 2**20)
-            _write_summary(live, run_meta, model, best_f1, best_epoch, cfg, epoch + 1)
-            # after the logs: a kill between the two is trimmed and redone on resume
-            if improved:
-                _save_atomic(state, best_path)
-            _save_atomic(state, last_path)
-            log.info(
-                "epoch %d/%d (phase %d): loss %.4f, val F1 %.4f, mIoU %.4f, %.1f s",
-                epoch + 1,
-                cfg.epochs,
-                i + 1,
-                stats["loss"],
-                val["f1"],
-                val["miou"],
-                epoch_time,
-            )
-        if distributed:
-            dist.barrier()
-        ckpt = None
-    summary = live.summary if live is not None else {}
-    if distributed:
-        dist.destroy_process_group()
-    return summary
-
-
-def _trim_live_logs(live_dir: Path, *, epoch_step: int, batch_step: int) -> None:
-    """Drop dvclive rows logged after the checkpoint being resumed (dvclive appends), so a
-    resumed run's curves hold each step once, as an uninterrupted run's do."""
-    for tsv in sorted(Path(live_dir, "plots", "metrics").rglob("*.tsv")):
-        last = epoch_step if tsv.parent.name == "epoch" else batch_step
-        text = tsv.read_text()
-        if "\n" not in text:  # created by dvclive just before the kill: no complete row
-            tsv.unlink()
-            continue
-        header, *rows = text.splitlines()
-        col = header.split("\t").index("step")
-        keep = [r for r in rows if _step_of(r, col, len(header.split("\t"))) <= last]
-        trimmed = "\n".join([header, *keep, ""])
-        if trimmed != text:
-            with atomic_path(tsv) as tmp:
-                tmp.write_text(trimmed)
-
-
-def _step_of(row: str, col: int, n_cols: int) -> float:
-    fields = row.split("\t")
-    try:  # a row cut short by the kill counts as after the checkpoint
-        float(fields[-1])
-        return int(fields[col]) if len(fields) == n_cols else math.inf
-    except ValueError:
-        return math.inf
-
-
-def _epoch_subset(train_set: TileDataset, cfg: FitConfig, epoch: int):
-    """The tiles of one epoch: all, or a seeded draw of max_tiles_per_epoch (CPU profile)."""
-    if not cfg.max_tiles_per_epoch or cfg.max_tiles_per_epoch >= len(train_set):
-        return train_set
-    rng = np.random.default_rng([cfg.seed, epoch])
-    return Subset(
-        train_set,
-        sorted(rng.choice(len(train_set), cfg.max_tiles_per_epoch, replace=False).tolist()),
-    )
-
-
-def _write_summary(live, run_meta, model, best_f1, best_epoch, cfg, epoch) -> None:
-    for k in ("epoch/time_s", "epoch/peak_memory_mb"):
-        live.summary.get("epoch", {}).pop(k.split("/")[1], None)
-    table = parameter_table(model)
-    live.summary["params"] = {f"{c}_{k}": v for c, row in table.items() for k, v in row.items()}
-    live.summary["pretrained"] = bool(run_meta.get("pretrained", False))
-    live.summary["best_val_f1"] = best_f1
-    live.summary["best_epoch"] = best_epoch
-    live.summary["epochs_done"] = epoch
-    live.summary["epochs"] = cfg.epochs
-    live.make_summary()
+    return opt, torch.optim.lr_scheduler.LambdaLR(opt, factor)

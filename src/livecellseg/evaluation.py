@@ -3,8 +3,9 @@
 Seed metrics: one-to-one matching on mask IoU (metrics.match_masks) over whole images,
 images without cells included, for predictions with score > `score_thresh`: precision,
 recall, F1 at IoU `iou_thresh`, mean IoU of matched pairs, counts. COCO mask AP with
-LIVECell's settings: maxDets 100/500/2000 (reported at 2000), areas small < 324 px²,
-medium 324-961, large > 961. Everything overall and per cell line.
+LIVECell's settings: maxDets 100/500/2000, every AP (AP, AP50, AP75, APs, APm, APl) at
+2000, areas small < 324 px², medium 324-961, large > 961. Everything overall and per cell
+line.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
 from livecellseg.coco import to_rle
-from livecellseg.images import cell_line_of
+from livecellseg.livecell import cell_line
 from livecellseg.metrics import DetectionCounts, match_masks
 
 MAX_DETS = [100, 500, 2000]
@@ -27,12 +28,8 @@ AREA_RANGES = [[0, 1e10], [0, 324], [324, 961], [961, 1e10]]  # all, small, medi
 AP_KEYS = ("ap", "ap50", "ap75", "ap_small", "ap_medium", "ap_large")
 
 
-def cell_line(image: dict) -> str:
-    return image.get("cell_line") or cell_line_of(image["file_name"])
-
-
 def detection_metrics(
-    gt_doc: dict, results: list[dict], *, score_thresh: float = 0.5, iou_thresh: float = 0.5
+    gt_doc: dict, results: list[dict], *, score_thresh: float, iou_thresh: float
 ) -> dict[str, dict]:
     """Seed metrics overall and per cell line: {"overall": {...}, "<line>": {...}}."""
     gt: dict[int, list[dict]] = defaultdict(list)
@@ -66,7 +63,8 @@ def coco_mask_ap(
     gt_doc: dict, results: list[dict], groups: dict[str, list[int]] | None = None
 ) -> dict[str, tuple[dict[str, float], np.ndarray]]:
     """COCO mask AP with LIVECell's settings for groups of images (default: all, as
-    "overall"); per group the AP values and precision at IoU 0.5 over 101 recall points.
+    "overall"); per group the AP values (all at maxDets 2000, `ap_at_max_dets`) and
+    precision at IoU 0.5 over 101 recall points.
 
     pycocotools' per-image matching runs once; each group is then accumulated from it (the
     same as evaluating that group's images alone). AP values are in [0, 1]; -1 where the
@@ -101,11 +99,30 @@ def coco_mask_ap(
                 continue
             sub = _restricted(ev, sorted(ids))
             sub.accumulate()
-            sub.summarize()  # stats[0:6]: AP, AP50, AP75, APs, APm, APl, all at maxDets 2000
-            stats = {k: float(v) for k, v in zip(AP_KEYS, sub.stats[:6], strict=True)}
+            precision = sub.eval["precision"]
             # IoU 0.5, all recall points, area all, 2000 detections
-            out[group] = (stats, sub.eval["precision"][0, :, 0, 0, -1])
+            out[group] = (ap_at_max_dets(precision, sub.params.iouThrs), precision[0, :, 0, 0, -1])
     return {g: out[g] for g in groups}
+
+
+def ap_at_max_dets(precision: np.ndarray, iou_thrs: np.ndarray) -> dict[str, float]:
+    """AP, AP50, AP75, APs, APm, APl at the last maxDets, from pycocotools' accumulated
+    precision (IoU x recall x category x area x maxDets; areas in `AREA_RANGES` order).
+
+    Not `summarize()`: it reads AP (stats[0]) at maxDets 100 whatever `params.maxDets` says,
+    and LIVECell reports every AP at 2000. Each value is the mean of the entries > -1 (-1
+    where there are none), as pycocotools' `_summarize` computes it.
+    """
+
+    def mean_defined(p: np.ndarray) -> float:
+        defined = p[p > -1]
+        return float(defined.mean()) if defined.size else -1.0
+
+    at_max = precision[..., -1]  # IoU x recall x category x area
+    t50, t75 = (int(np.flatnonzero(np.isclose(iou_thrs, t))[0]) for t in (0.5, 0.75))
+    all_areas = at_max[..., 0]
+    selections = (all_areas, all_areas[t50], all_areas[t75], *np.moveaxis(at_max[..., 1:], -1, 0))
+    return {k: mean_defined(p) for k, p in zip(AP_KEYS, selections, strict=True)}
 
 
 def _restricted(ev: COCOeval, image_ids: list[int]) -> COCOeval:
@@ -132,7 +149,7 @@ def _restricted(ev: COCOeval, image_ids: list[int]) -> COCOeval:
 
 
 def evaluate(
-    gt_doc: dict, results: list[dict], *, score_thresh: float = 0.5, iou_thresh: float = 0.5
+    gt_doc: dict, results: list[dict], *, score_thresh: float, iou_thresh: float
 ) -> tuple[dict[str, dict], dict[str, np.ndarray]]:
     """All metrics per group ("overall" and each cell line), and each group's PR curve."""
     metrics = detection_metrics(gt_doc, results, score_thresh=score_thresh, iou_thresh=iou_thresh)

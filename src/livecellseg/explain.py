@@ -24,7 +24,8 @@ from torch import nn
 
 from livecellseg.datasets import gray_to_tensor
 from livecellseg.io import atomic_path, write_json
-from livecellseg.predict import StitchSettings, whole_image_settings
+from livecellseg.models import inference_applied
+from livecellseg.predict import Predictor
 
 log = logging.getLogger(__name__)
 
@@ -118,11 +119,10 @@ def _reduce(act: ModuleActivity, x: torch.Tensor, top: int, crop) -> None:
 
 
 @torch.inference_mode()
-def explain_image(
-    model: nn.Module, image: np.ndarray, device: torch.device, *, top: int = 6
-) -> Explanation:
-    """Hook the model, run it once on the whole image at native scale, reduce what it saw."""
-    model.eval()
+def explain_image(predictor: Predictor, image: np.ndarray, *, top: int = 6) -> Explanation:
+    """Hook the predictor's model, run it once on the whole image as its whole-image mode
+    does (native scale, budgets scaled from a tile's), reduce what it saw."""
+    model, device = predictor.model.eval(), predictor.device
     h, w = image.shape
     pad = 32  # GeneralizedRCNNTransform pads to a multiple of 32: crop maps back to the image
     padded_h = -(-h // pad) * pad
@@ -158,10 +158,7 @@ def explain_image(
 
     pairs = [(m, on_module(n)) for n, m in hook_targets(model).items()]
     pairs += [(m, on_attention(n)) for n, m in attention_targets(model).items()]
-    # proposal budgets scale from a tile to the whole image, as in whole-image prediction
-    tiling = StitchSettings()
-    scale = (tiling.grid / tiling.window) ** 2
-    with hooks(pairs), whole_image_settings(model, h, w, scale):
+    with hooks(pairs), inference_applied(model, predictor.whole_image_inference(h, w)):
         (out,) = model([gray_to_tensor(image).to(device)])
     order = []  # forward order, the FPN's levels in its place
     for k in hook_targets(model):

@@ -1,8 +1,7 @@
-"""Reading and writing LIVECell images: 8-bit grayscale, LZW-compressed TIFF."""
+"""Image files: LIVECell's 8-bit LZW TIFFs, users' TIFF/PNG/JPEG as 8-bit gray, label TIFFs."""
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 import numpy as np
@@ -10,19 +9,6 @@ import tifffile
 
 from livecellseg.errors import DataError
 from livecellseg.io import atomic_path
-
-_CELL_LINE = re.compile(r"^([A-Za-z0-9]+)_Phase_")
-
-
-def cell_line_of(file_name: str) -> str:
-    """'A172_Phase_C7_1_00d00h00m_1.tif' -> 'A172' (LIVECell's naming)."""
-    m = _CELL_LINE.match(Path(file_name).name)
-    if m is None:
-        raise DataError(
-            f"{file_name}: name does not follow LIVECell's '<CellLine>_Phase_<well>_...tif' "
-            "pattern; rename it so the cell line can be read from it"
-        )
-    return m.group(1)
 
 
 def read_gray(path: str | Path, *, size: tuple[int, int] | None = None) -> np.ndarray:

@@ -1,9 +1,10 @@
-"""LIVECell on disk: its layout, its JSON form, and the download of the real data set.
+"""LIVECell's conventions: its layout on disk, its file naming, its JSON form, its download.
 
 Layout under a data root (what `images.zip` and the annotation files unpack to):
     images/livecell_train_val_images/<CellLine>/<name>.tif
     images/livecell_test_images/<CellLine>/<name>.tif
     annotations/livecell_coco_{train,val,test}.json
+Image names start with the cell line: `A172_Phase_C7_1_00d00h00m_1.tif`.
 """
 
 from __future__ import annotations
@@ -61,6 +62,25 @@ def index_images(root: Path) -> dict[str, Path]:
     for p in sorted((root / "images").rglob("*.tif*")):
         index.setdefault(p.name, p)
     return index
+
+
+_CELL_LINE = re.compile(r"^([A-Za-z0-9]+)_Phase_")
+
+
+def cell_line_of(file_name: str) -> str:
+    """'A172_Phase_C7_1_00d00h00m_1.tif' -> 'A172' (LIVECell's naming)."""
+    m = _CELL_LINE.match(Path(file_name).name)
+    if m is None:
+        raise DataError(
+            f"{file_name}: name does not follow LIVECell's '<CellLine>_Phase_<well>_...tif' "
+            "pattern; rename it so the cell line can be read from it"
+        )
+    return m.group(1)
+
+
+def cell_line(image: dict) -> str:
+    """An image entry's cell line: its "cell_line" key, else read from its file name."""
+    return image.get("cell_line") or cell_line_of(image["file_name"])
 
 
 # --- download -------------------------------------------------------------------------------
@@ -196,28 +216,3 @@ def fetch_livecell(
         raise DataError(f"{out}: {IMAGES_ZIP} held no .tif under images/; check --base-url")
     log.info("LIVECell in %s: %d archive members, %d images", out, n_files, n_images)
     return {"images": n_images, "archive_members": n_files}
-
-
-def main(argv: list[str] | None = None) -> int:
-    import argparse
-    import sys
-
-    parser = argparse.ArgumentParser(
-        prog="python -m livecellseg.livecell",
-        description="Download real LIVECell (images.zip + COCO annotations) into a data root.",
-    )
-    parser.add_argument("out", type=Path, help="data root to create, e.g. data/livecell")
-    parser.add_argument("--base-url", default=BASE_URL, help="LIVECell_dataset_2021 URL")
-    parser.add_argument("--keep-zip", action="store_true", help="keep images.zip after unpacking")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="[livecell] %(message)s")
-    try:
-        fetch_livecell(args.out, base_url=args.base_url.rstrip("/"), keep_zip=args.keep_zip)
-    except DataError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

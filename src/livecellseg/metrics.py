@@ -9,7 +9,7 @@ from pycocotools import mask as mask_utils
 from scipy.optimize import linear_sum_assignment
 
 
-def match_masks(gt: list[dict], pred: list[dict], iou_thresh: float = 0.5) -> np.ndarray:
+def match_masks(gt: list[dict], pred: list[dict], iou_thresh: float) -> np.ndarray:
     """One-to-one matching on mask IoU (each GT and each prediction used once).
 
     Maximises the total IoU over pairs with IoU >= iou_thresh (Hungarian algorithm).
@@ -32,7 +32,7 @@ class DetectionCounts:
     tp: int = 0
     ious: list[float] = field(default_factory=list)
 
-    def add(self, gt: list[dict], pred: list[dict], iou_thresh: float = 0.5) -> None:
+    def add(self, gt: list[dict], pred: list[dict], iou_thresh: float) -> None:
         self.add_matched(len(gt), len(pred), match_masks(gt, pred, iou_thresh))
 
     def add_matched(self, n_gt: int, n_pred: int, matched_ious: np.ndarray) -> None:

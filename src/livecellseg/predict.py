@@ -1,89 +1,41 @@
-"""Inference on whole images: the 25 tiles batched through the model and stitched, or one pass.
+"""Segmenting whole images with a trained model: 25 tiles batched and stitched, or one pass.
 
-`Predictor` loads a checkpoint once and segments 2-D uint8 images of any size; its output is
-in full-image coordinates (RLE masks) either way, so evaluation, the CLI and the app share it.
+`Predictor` holds a model and the settings it predicts with; `Predictor.from_checkpoint`
+takes them from what the checkpoint recorded, so the CLI, the app and the pipeline's
+`stitch_predict` predict alike. Images are 2-D uint8 of any size; detections come out in
+full-image coordinates (RLE masks) either way.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 import torch
 from pycocotools import mask as mask_utils
 
-from livecellseg.config import ModelConfig, Params
+from livecellseg.checkpoint import load_checkpoint
 from livecellseg.datasets import gray_to_tensor
-from livecellseg.engine import load_checkpoint
-from livecellseg.errors import LivecellsegError
-from livecellseg.models import MODEL_NAMES, InferenceSettings, build_model
+from livecellseg.errors import ConfigError, LivecellsegError
+from livecellseg.images import write_labels
+from livecellseg.io import write_json
+from livecellseg.models import MODEL_NAMES, apply_inference, build_model, inference_applied
+from livecellseg.settings import Mode, PredictSettings, settings_of_checkpoint
 from livecellseg.stitch import ImageDetections, StitchCounts, TileDetections, stitch, whole_image
 from livecellseg.tiling import tile_windows
-from livecellseg.training import inference_settings
+from livecellseg.visualize import CellPixels, label_image
 
 log = logging.getLogger(__name__)
-Mode = Literal["stitched", "whole"]
-
-
-@dataclass(frozen=True)
-class StitchSettings:
-    mode: Mode = "stitched"
-    grid: int = 7
-    window: int = 3
-    min_owned: float = 0.4
-    nms_iou: float = 0.5
-    batch_size: int = 5  # tiles per forward pass
-    mask_thresh: float = 0.5
-    amp: bool = True  # float16 autocast on CUDA (ignored on CPU)
-    # Proposals whose objectness is below this never reach the RoI heads (torchvision's
-    # rpn.score_thresh, 0 by default). The heads' cost is per proposal and dominates on CPU;
-    # a sparse tile has a few dozen real proposals among its 1,000. Measured on the sample's
-    # test images (bench/predict.py): identical detections, 1.08x faster on CPU.
-    rpn_score_thresh: float = 0.05
-
-
-def stitch_settings(params: Params) -> StitchSettings:
-    """StitchSettings from params.yaml (stitch, tile grid/window, model.mask_thresh)."""
-    s = params.stitch
-    return StitchSettings(
-        mode=s.mode,
-        grid=params.tile.grid,
-        window=params.tile.window,
-        min_owned=s.min_owned,
-        nms_iou=s.nms_iou,
-        batch_size=s.batch_size,
-        mask_thresh=params.model.mask_thresh,
-        rpn_score_thresh=s.rpn_score_thresh,
-    )
-
-
-def trained_model_config(ckpt: dict, path: str | Path) -> ModelConfig:
-    """The `model` params a checkpoint was trained with (its input scale, thresholds, budgets)."""
-    try:
-        return ModelConfig(**ckpt["params"]["params"]["model"])
-    except (KeyError, TypeError, LivecellsegError):
-        raise LivecellsegError(
-            f"{path}: checkpoint does not record its model params; retrain it with this "
-            "livecellseg or use the pipeline's stitch_predict stage"
-        ) from None
 
 
 def load_model(
-    path: str | Path,
-    inference: InferenceSettings | None,
-    device: torch.device,
-    *,
-    score_thresh: float | None = None,
-    expect: str | None = None,
-) -> tuple[torch.nn.Module, dict]:
-    """A trained model in eval mode from a livecellseg checkpoint (weights_only loading).
+    path: str | Path, device: torch.device, *, expect: str | None = None
+) -> tuple[torch.nn.Module, dict, PredictSettings]:
+    """A trained model in eval mode, its checkpoint, and the settings the checkpoint records.
 
-    `inference=None` uses the settings the checkpoint was trained with; `score_thresh`
-    overrides the score threshold either way; `expect` names the model it must hold.
+    `expect` names the model the checkpoint must hold. Loading is `weights_only`.
     """
     ckpt = load_checkpoint(Path(path))
     name = ckpt.get("name")
@@ -94,11 +46,14 @@ def load_model(
             f"{path}: holds the {name} model, expected {expect}; "
             f"put the train_{expect} stage's checkpoint there (dvc repro train_{expect})"
         )
-    if inference is None:
-        inference = inference_settings(trained_model_config(ckpt, path))
-    if score_thresh is not None:
-        inference = replace(inference, score_thresh=score_thresh)
-    model, _ = build_model(name, weights="none", inference=inference)
+    try:
+        settings, sampling = settings_of_checkpoint(ckpt.get("params"))
+    except ConfigError:
+        raise LivecellsegError(
+            f"{path}: checkpoint does not record the settings it was trained with; retrain "
+            "it with this livecellseg (dvc repro)"
+        ) from None
+    model, _ = build_model(name, inference=settings.inference, sampling=sampling)
     try:
         model.load_state_dict(ckpt["model"])
     except RuntimeError:
@@ -106,89 +61,107 @@ def load_model(
             f"{path}: weights do not fit the {name} model (a checkpoint of another "
             "architecture or version); retrain or pass the right checkpoint"
         ) from None
-    return model.to(device).eval(), ckpt
+    return model.to(device).eval(), ckpt, settings
 
 
 class Predictor:
     """Segments images with one model; stitched (25 tiles) or whole-image inference."""
 
-    def __init__(self, model: torch.nn.Module, device: torch.device, settings: StitchSettings):
-        self.model, self.device, self.s = model, device, settings
-        model.rpn.score_thresh = settings.rpn_score_thresh  # the model is the predictor's now
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        device: torch.device,
+        settings: PredictSettings,
+        *,
+        trained_score_thresh: float | None = None,
+    ):
+        self.model, self.device, self.settings = model, device, settings
+        # the score threshold the model was evaluated with (the app's slider starts there)
+        self.trained_score_thresh = (
+            settings.inference.score_thresh
+            if trained_score_thresh is None
+            else trained_score_thresh
+        )
+        apply_inference(model, settings.inference)  # the model is the predictor's now
 
     @classmethod
     def from_checkpoint(
-        cls, path: str | Path, device: torch.device, *, score_thresh: float | None = None
+        cls,
+        path: str | Path,
+        device: torch.device,
+        *,
+        score_thresh: float | None = None,
+        expect: str | None = None,
     ) -> tuple[Predictor, dict]:
-        """A predictor with the checkpoint's own settings (for the CLI and the app)."""
-        model, ckpt = load_model(path, None, device, score_thresh=score_thresh)
-        mask_thresh = trained_model_config(ckpt, path).mask_thresh
-        return cls(model, device, StitchSettings(mask_thresh=mask_thresh)), ckpt
+        """A predictor with the checkpoint's own settings; `score_thresh` overrides its
+        score threshold (`trained_score_thresh` keeps the recorded one)."""
+        model, ckpt, settings = load_model(path, device, expect=expect)
+        recorded = settings.inference.score_thresh
+        if score_thresh is not None:
+            settings = replace(
+                settings, inference=replace(settings.inference, score_thresh=score_thresh)
+            )
+        return cls(model, device, settings, trained_score_thresh=recorded), ckpt
+
+    @property
+    def score_thresh(self) -> float:
+        return self.settings.inference.score_thresh
 
     @torch.inference_mode()
     def forward(self, images: list[np.ndarray]) -> list[TileDetections]:
         """Model outputs for a batch of gray images: bool masks (n, h, w) and scores."""
         batch = [gray_to_tensor(im).to(self.device, non_blocking=True) for im in images]
-        amp = self.s.amp and self.device.type == "cuda"
+        s = self.settings.stitch
+        amp = s.amp and self.device.type == "cuda"
         with torch.autocast(self.device.type, dtype=torch.float16, enabled=amp):
             outputs = self.model(batch)
         return [
             TileDetections(
-                (out["masks"][:, 0] > self.s.mask_thresh).cpu().numpy(),
+                (out["masks"][:, 0] > s.mask_thresh).cpu().numpy(),
                 out["scores"].float().cpu().numpy(),
             )
             for out in outputs
         ]
 
+    def whole_image_inference(self, height: int, width: int):
+        """The inference settings of one pass on a whole image: native scale, budgets scaled
+        from a tile's to the image's area."""
+        s = self.settings
+        return s.inference.whole_image(height, width, s.stitch.tile_to_image)
+
     def __call__(
         self, image: np.ndarray, mode: Mode | None = None
     ) -> tuple[ImageDetections, StitchCounts]:
-        mode = mode or self.s.mode
+        s = self.settings.stitch
+        mode = mode or s.mode
         h, w = image.shape
-        if mode == "stitched" and min(h, w) < self.s.grid:
+        if mode == "stitched" and min(h, w) < s.grid:
             log.warning(
                 "a %dx%d image cannot be cut into %dx%d mini-tiles; predicting it whole",
                 w,
                 h,
-                self.s.grid,
-                self.s.grid,
+                s.grid,
+                s.grid,
             )
             mode = "whole"
         if mode == "whole":
-            with whole_image_settings(self.model, h, w, (self.s.grid / self.s.window) ** 2):
+            with inference_applied(self.model, self.whole_image_inference(h, w)):
                 (det,) = self.forward([image])
             return whole_image(det.masks, det.scores)
-        windows = tile_windows(h, w, self.s.grid, self.s.window)
+        windows = tile_windows(h, w, s.grid, s.window)
         crops = [image[win.y0 : win.y1, win.x0 : win.x1] for win in windows]
         tiles: list[TileDetections] = []
-        for i in range(0, len(crops), self.s.batch_size):
-            tiles.extend(self.forward(crops[i : i + self.s.batch_size]))
+        for i in range(0, len(crops), s.batch_size):
+            tiles.extend(self.forward(crops[i : i + s.batch_size]))
         return stitch(
             tiles,
             h,
             w,
-            grid=self.s.grid,
-            window=self.s.window,
-            min_owned=self.s.min_owned,
-            nms_iou=self.s.nms_iou,
+            grid=s.grid,
+            window=s.window,
+            min_owned=s.min_owned,
+            nms_iou=s.nms_iou,
         )
-
-
-@contextlib.contextmanager
-def whole_image_settings(model, height: int, width: int, scale: float):
-    """Native input scale, and proposal/detection budgets scaled from a tile to the image."""
-    t, rpn, heads = model.transform, model.rpn, model.roi_heads
-    saved = (t.min_size, t.max_size, dict(rpn._pre_nms_top_n), dict(rpn._post_nms_top_n))
-    saved_dets = heads.detections_per_img
-    t.min_size, t.max_size = (min(height, width),), max(height, width)
-    for budget in (rpn._pre_nms_top_n, rpn._post_nms_top_n):
-        budget["testing"] = round(budget["testing"] * scale)
-    heads.detections_per_img = round(saved_dets * scale)
-    try:
-        yield
-    finally:
-        t.min_size, t.max_size, rpn._pre_nms_top_n, rpn._post_nms_top_n = saved
-        heads.detections_per_img = saved_dets
 
 
 def to_coco_results(image_id: int, det: ImageDetections) -> list[dict]:
@@ -222,3 +195,23 @@ def coco_document(file_name: str, height: int, width: int, det: ImageDetections)
         "annotations": anns,
         "categories": [{"id": 1, "name": "cell"}],
     }
+
+
+def write_segmentation(
+    out: Path,
+    stem: str,
+    file_name: str,
+    det: ImageDetections,
+    cells: CellPixels,
+    keep: np.ndarray | None = None,
+) -> tuple[Path, Path]:
+    """`{stem}_labels.tif` (uint16 labels, what Cellpose, napari and Fiji open) and
+    `{stem}_coco.json` (a COCO document naming `file_name`) in `out`, each written atomically:
+    the detections at `keep` (default: all), whose decoded pixels `cells` holds."""
+    height, width = cells.shape
+    out.mkdir(parents=True, exist_ok=True)
+    labels, coco = out / f"{stem}_labels.tif", out / f"{stem}_coco.json"
+    write_labels(labels, label_image(cells, det.scores, keep))
+    kept = det if keep is None else det.take(keep)
+    write_json(coco, coco_document(file_name, height, width, kept), indent=None)
+    return labels, coco

@@ -1,4 +1,5 @@
-"""The embedded sample: phase-contrast-like images with exact polygons, in LIVECell's format.
+"""The embedded sample: phase-contrast-like images with exact polygons, written as a LIVECell
+data root (`write_livecell_root`: LZW TIFFs and COCO files in LIVECell's layout and naming).
 
 Each cell is a smooth random star-shaped polygon (ellipse plus low harmonics), drawn the way
 a phase-contrast microscope shows it: a dark body with brighter texture, a bright membrane
@@ -10,10 +11,19 @@ Everything follows from the seed.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 from scipy import ndimage
 from skimage.draw import polygon as fill_polygon
+from tqdm import tqdm
+
+from livecellseg.images import write_gray
+from livecellseg.livecell import image_dir, write_coco
+
+# LIVECell ships its own train/val/test files; the sample spreads its images over the same three.
+LIVECELL_SPLIT_CYCLE = ("train",) * 5 + ("val", "test")
 
 
 @dataclass(frozen=True)
@@ -153,3 +163,45 @@ def polygon_annotation(ann_id: int, image_id: int, poly: np.ndarray) -> dict:
         "area": round(area, 2),
         "bbox": [x0, y0, round(float(x.max()) - x0, 2), round(float(y.max()) - y0, 2)],
     }
+
+
+def write_livecell_root(
+    out: Path,
+    *,
+    n_images: int,
+    empty_images: int,
+    cell_lines: tuple[str, ...],
+    width: int,
+    height: int,
+    seed: int,
+    splits: tuple[str, ...] = LIVECELL_SPLIT_CYCLE,
+    progress: bool = False,
+) -> dict[str, Any]:
+    """Generate the sample into `out` as a LIVECell data root; image i goes to the split
+    `splits[i % len(splits)]`. Returns the counts of images and cells written."""
+    docs: dict[str, tuple[list[dict], list[dict]]] = {s: ([], []) for s in ("train", "val", "test")}
+    next_ann_id = 1
+    images = generate(
+        n_images=n_images,
+        empty_images=empty_images,
+        cell_lines=cell_lines,
+        width=width,
+        height=height,
+        seed=seed,
+    )
+    for i, (name, line, image, polygons) in enumerate(
+        tqdm(images, total=n_images, desc="sample", unit="img", disable=not progress)
+    ):
+        split = splits[i % len(splits)]
+        path = out / image_dir(split) / line / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_gray(path, image)
+        image_id = i + 1
+        imgs, anns = docs[split]
+        imgs.append({"id": image_id, "file_name": name, "width": width, "height": height})
+        for poly in polygons:
+            anns.append(polygon_annotation(next_ann_id, image_id, poly))
+            next_ann_id += 1
+    for split, (imgs, anns) in docs.items():
+        write_coco(out / "annotations" / f"livecell_coco_{split}.json", imgs, anns)
+    return {"images": n_images, "cells": next_ann_id - 1}

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from pycocotools import mask as mask_utils
 
+from livecellseg.coco import encode_masks
 from livecellseg.tiling import Window, owned_box, tile_windows
 
 
@@ -47,12 +48,17 @@ class ImageDetections:
     rles: list[dict] = field(default_factory=list)
     scores: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
 
-    def above(self, score_thresh: float) -> ImageDetections:
-        """The detections scoring above `score_thresh`. The same as predicting with that
-        threshold (greedy NMS only lets a higher score suppress a lower one), as long as the
-        per-image detection cap did not bind."""
-        keep = np.flatnonzero(self.scores > score_thresh)
-        return ImageDetections([self.rles[i] for i in keep], self.scores[keep])
+    def above(self, score_thresh: float) -> np.ndarray:
+        """Indices of the detections scoring above `score_thresh`: the same detections as
+        predicting with that threshold (greedy NMS only lets a higher score suppress a lower
+        one), as long as the per-image detection cap did not bind. Indices, not a new
+        ImageDetections, because a caller that predicted once at a low threshold (the app)
+        keeps per-detection data beside these (decoded pixels) and selects from both."""
+        return np.flatnonzero(self.scores > score_thresh)
+
+    def take(self, indices: np.ndarray) -> ImageDetections:
+        """The detections at `indices` (from `above`), in that order."""
+        return ImageDetections([self.rles[i] for i in indices], self.scores[indices])
 
 
 def owned_fraction(masks: np.ndarray, win: Window, owned: Window) -> np.ndarray:
@@ -123,10 +129,10 @@ def stitch(
     height: int,
     width: int,
     *,
-    grid: int = 7,
-    window: int = 3,
-    min_owned: float = 0.4,
-    nms_iou: float = 0.5,
+    grid: int,
+    window: int,
+    min_owned: float,
+    nms_iou: float,
 ) -> tuple[ImageDetections, StitchCounts]:
     """Tile detections (in tile_windows order) -> one image's detections, and what was dropped."""
     windows = tile_windows(height, width, grid, window)
@@ -160,7 +166,6 @@ def whole_image(masks: np.ndarray, scores: np.ndarray) -> tuple[ImageDetections,
     """Detections of one forward pass on the whole image (no stitching; empty masks dropped)."""
     empty = masks.sum((1, 2)) == 0
     keep = ~empty
-    full = np.asfortranarray(masks[keep].transpose(1, 2, 0).astype(np.uint8))
-    rles = mask_utils.encode(full) if keep.any() else []
+    rles = encode_masks(masks[keep])
     counts = StitchCounts(raw=len(scores), empty=int(empty.sum()), kept=int(keep.sum()))
     return ImageDetections(rles, scores[keep]), counts

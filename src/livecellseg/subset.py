@@ -24,9 +24,9 @@ from livecellseg.coco import (
     read_header,
 )
 from livecellseg.errors import DataError
-from livecellseg.images import cell_line_of, read_gray
+from livecellseg.images import read_gray
 from livecellseg.io import write_json
-from livecellseg.livecell import index_images
+from livecellseg.livecell import cell_line_of, index_images
 from livecellseg.split import stratified_order
 
 log = logging.getLogger(__name__)

@@ -37,7 +37,7 @@ def grid_edges(length: int, grid: int) -> np.ndarray:
     return edges
 
 
-def tile_windows(height: int, width: int, grid: int = 7, window: int = 3) -> list[Window]:
+def tile_windows(height: int, width: int, grid: int, window: int) -> list[Window]:
     """The (grid - window + 1)^2 tiles, row-major; tile (r, c) spans mini-tiles r..r+window-1."""
     ey, ex = grid_edges(height, grid), grid_edges(width, grid)
     n = grid - window + 1
@@ -48,7 +48,7 @@ def tile_windows(height: int, width: int, grid: int = 7, window: int = 3) -> lis
     ]
 
 
-def owner(index: int, grid: int = 7, window: int = 3) -> int:
+def owner(index: int, grid: int, window: int) -> int:
     """The tile row (or column) that owns mini-tile row (or column) `index`.
 
     Each tile owns its centre mini-tile; border tiles also own the image edge.
@@ -56,7 +56,7 @@ def owner(index: int, grid: int = 7, window: int = 3) -> int:
     return min(max(index - window // 2, 0), grid - window)
 
 
-def owned_box(win: Window, height: int, width: int, grid: int = 7, window: int = 3) -> Window:
+def owned_box(win: Window, height: int, width: int, grid: int, window: int) -> Window:
     """The pixel box owned by tile `win` (ownership regions are rectangles)."""
     ey, ex = grid_edges(height, grid), grid_edges(width, grid)
     rows = [i for i in range(grid) if owner(i, grid, window) == win.row]
@@ -71,7 +71,7 @@ def owned_box(win: Window, height: int, width: int, grid: int = 7, window: int =
     )
 
 
-def ownership_map(height: int, width: int, grid: int = 7, window: int = 3) -> np.ndarray:
+def ownership_map(height: int, width: int, grid: int, window: int) -> np.ndarray:
     """(H, W) int array: the index (row-major in tile_windows) of the tile owning each pixel."""
     n = grid - window + 1
     ey, ex = grid_edges(height, grid), grid_edges(width, grid)

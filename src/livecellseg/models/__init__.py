@@ -6,9 +6,10 @@
 
 from livecellseg.models.build import (
     MODEL_NAMES,
-    InferenceSettings,
-    TrainSettings,
+    apply_inference,
     build_model,
+    inference_applied,
+    inference_of,
     load_transfer_weights,
     parameter_table,
     set_backbone_frozen,
@@ -16,9 +17,10 @@ from livecellseg.models.build import (
 
 __all__ = [
     "MODEL_NAMES",
-    "InferenceSettings",
-    "TrainSettings",
+    "apply_inference",
     "build_model",
+    "inference_applied",
+    "inference_of",
     "load_transfer_weights",
     "parameter_table",
     "set_backbone_frozen",

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from dataclasses import dataclass
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -18,56 +19,67 @@ from torchvision.ops import FrozenBatchNorm2d, MultiScaleRoIAlign
 
 from livecellseg.errors import LivecellsegError
 from livecellseg.models.cbam import CBAM
+from livecellseg.settings import InferenceSettings, SamplingSettings
 
 log = logging.getLogger(__name__)
 
 MODEL_NAMES = ("transfer", "custom")
 
 
-@dataclass(frozen=True)
-class InferenceSettings:
-    """What the model does at test time (thresholds, how many detections, input scale)."""
-
-    score_thresh: float = 0.4
-    nms_thresh: float = 0.5
-    detections_per_img: int = 1000  # LIVECell images hold hundreds of cells
-    rpn_pre_nms_top_n: int = 3000
-    rpn_post_nms_top_n: int = 2000
-    min_size: int = 222  # with max_size 304, 300x222 tiles run at native scale
-    max_size: int = 304
-
-
-@dataclass(frozen=True)
-class TrainSettings:
-    """RoI sampling during training (torchvision defaults: 2000/2000 proposals, 512 RoIs)."""
-
-    rpn_pre_nms_top_n: int = 2000
-    rpn_post_nms_top_n: int = 1000
-    box_batch_size_per_image: int = 256
-
-
-def _maskrcnn_kwargs(inference: InferenceSettings, train: TrainSettings) -> dict:
+def _sampling_kwargs(sampling: SamplingSettings) -> dict:
     return {
-        "min_size": inference.min_size,
-        "max_size": inference.max_size,
-        "box_score_thresh": inference.score_thresh,
-        "box_nms_thresh": inference.nms_thresh,
-        "box_detections_per_img": inference.detections_per_img,
-        "rpn_pre_nms_top_n_test": inference.rpn_pre_nms_top_n,
-        "rpn_post_nms_top_n_test": inference.rpn_post_nms_top_n,
-        "rpn_pre_nms_top_n_train": train.rpn_pre_nms_top_n,
-        "rpn_post_nms_top_n_train": train.rpn_post_nms_top_n,
-        "box_batch_size_per_image": train.box_batch_size_per_image,
+        "rpn_pre_nms_top_n_train": sampling.rpn_pre_nms_top_n,
+        "rpn_post_nms_top_n_train": sampling.rpn_post_nms_top_n,
+        "box_batch_size_per_image": sampling.box_batch_size_per_image,
     }
+
+
+def apply_inference(model: MaskRCNN, s: InferenceSettings) -> None:
+    """The one place inference settings reach a model: input scale, proposal and detection
+    budgets, thresholds. Public attributes where torchvision has them; the RPN keeps its
+    test-time budgets only in `_pre_nms_top_n` / `_post_nms_top_n` (no setter)."""
+    model.transform.min_size, model.transform.max_size = (s.min_size,), s.max_size
+    model.rpn._pre_nms_top_n["testing"] = s.rpn_pre_nms_top_n
+    model.rpn._post_nms_top_n["testing"] = s.rpn_post_nms_top_n
+    model.rpn.score_thresh = s.rpn_score_thresh
+    heads = model.roi_heads
+    heads.score_thresh, heads.nms_thresh = s.score_thresh, s.nms_thresh
+    heads.detections_per_img = s.detections_per_img
+
+
+def inference_of(model: MaskRCNN) -> InferenceSettings:
+    """The inference settings a model runs with now (what apply_inference set)."""
+    heads = model.roi_heads
+    return InferenceSettings(
+        score_thresh=heads.score_thresh,
+        nms_thresh=heads.nms_thresh,
+        detections_per_img=heads.detections_per_img,
+        rpn_pre_nms_top_n=model.rpn._pre_nms_top_n["testing"],
+        rpn_post_nms_top_n=model.rpn._post_nms_top_n["testing"],
+        rpn_score_thresh=model.rpn.score_thresh,
+        min_size=model.transform.min_size[0],
+        max_size=model.transform.max_size,
+    )
+
+
+@contextlib.contextmanager
+def inference_applied(model: MaskRCNN, s: InferenceSettings) -> Iterator[None]:
+    """Run with other inference settings for a while (validation, whole-image mode)."""
+    saved = inference_of(model)
+    apply_inference(model, s)
+    try:
+        yield
+    finally:
+        apply_inference(model, saved)
 
 
 def build_model(
     name: str,
     *,
+    inference: InferenceSettings,
+    sampling: SamplingSettings,
     weights: str = "none",
     num_classes: int = 2,
-    inference: InferenceSettings | None = None,
-    train: TrainSettings | None = None,
 ) -> tuple[MaskRCNN, bool]:
     """Build a model; return it and whether pretrained (COCO) weights were loaded.
 
@@ -75,18 +87,19 @@ def build_model(
     model keeps its initialisation, with a warning), "none", or a path to a COCO-layout state
     dict (e.g. torchvision's .pth saved by hand).
     """
-    inference = inference or InferenceSettings()
-    train = train or TrainSettings()
-    kwargs = _maskrcnn_kwargs(inference, train)
+    kwargs = _sampling_kwargs(sampling)
     if name == "transfer":
-        return _transfer(weights, num_classes, kwargs)
-    if name == "custom":
+        model, pretrained = _transfer(weights, num_classes, kwargs)
+    elif name == "custom":
         if weights != "none":
             raise LivecellsegError(
                 f"custom model: weights={weights!r}; it trains from scratch, use 'none'"
             )
-        return _custom(num_classes, kwargs), False
-    raise LivecellsegError(f"unknown model {name!r}; allowed: {list(MODEL_NAMES)}")
+        model, pretrained = _custom(num_classes, kwargs), False
+    else:
+        raise LivecellsegError(f"unknown model {name!r}; allowed: {list(MODEL_NAMES)}")
+    apply_inference(model, inference)
+    return model, pretrained
 
 
 def _transfer(weights: str, num_classes: int, kwargs: dict) -> tuple[MaskRCNN, bool]:

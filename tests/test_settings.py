@@ -1,0 +1,147 @@
+"""One source of settings: params.yaml -> settings -> checkpoint -> the CLI predicts exactly
+what the pipeline's stitch_predict wrote, whatever the tile and stitch params."""
+
+import argparse
+import ast
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from livecellseg.cli import main as cli
+from livecellseg.config import parse_params
+from livecellseg.errors import LivecellsegError
+from livecellseg.predict import Predictor
+from livecellseg.settings import predict_settings
+from livecellseg.training import train_model
+from stages.stitch_predict import main as stitch_predict
+from tests.conftest import make_tiles, tiny_train_params
+
+# an untrained model scores low: keep every detection, so there are cells to compare
+KEEP_ALL = {"score_thresh": 0.0, "detections_per_img": 40}
+CHANGED = {  # other tiles and stitching than params.yaml's, each of them in effect
+    "tile": {"grid": 5, "window": 2},
+    "stitch": {"min_owned": 0.3, "nms_iou": 0.4, "batch_size": 3, "rpn_score_thresh": 0.1},
+}
+
+
+def _pipeline(tmp_path, raw_params, sections: dict):
+    raw = tiny_train_params(raw_params, custom={"epochs": 1}, model=KEEP_ALL, **sections)
+    params = parse_params(raw)
+    params_file = tmp_path / "params.yaml"
+    params_file.write_text(yaml.safe_dump(raw))
+    tiles = make_tiles(tmp_path / "tiles", grid=params.tile.grid, window=params.tile.window)
+    best = tmp_path / "custom.pt"
+    train_model(
+        "custom", params, tiles=tiles, best=best, last=tmp_path / "last.pt", live_dir=tmp_path / "l"
+    )
+    args = argparse.Namespace(
+        params=str(params_file),
+        checkpoint=best,
+        model="custom",
+        split=tiles / "_split" / "test.json",
+        images=tiles / "_images",
+        out=tmp_path / "predictions.json",
+        counts=tmp_path / "counts.csv",
+    )
+    stitch_predict(params, args)
+    return params, args
+
+
+def _detections(results: list[dict]) -> list[tuple]:
+    return [(r["segmentation"]["counts"], r["score"], r["bbox"], r["area"]) for r in results]
+
+
+@pytest.mark.parametrize("sections", [{}, CHANGED], ids=["params.yaml", "changed"])
+def test_cli_predicts_what_stitch_predict_wrote(tmp_path, raw_params, sections):
+    params, args = _pipeline(tmp_path, raw_params, sections)
+    predictor, _ = Predictor.from_checkpoint(args.checkpoint, "cpu")
+    assert predictor.settings == predict_settings(params)  # recorded, not code defaults
+    assert predictor.settings.stitch.grid == params.tile.grid
+    written = json.loads(args.out.read_text())
+    test_images = json.loads(args.split.read_text())["images"]
+    for im in test_images:
+        out = tmp_path / "cli"
+        path = args.images / im["file_name"]
+        assert cli(["predict", str(path), "--model", str(args.checkpoint), "--out", str(out)]) == 0
+        doc = json.loads((out / f"{path.stem}_coco.json").read_text())
+        mine = [r for r in written if r["image_id"] == im["id"]]
+        assert len(mine) > 0
+        assert _detections(doc["annotations"]) == _detections(mine)
+
+
+def test_stitch_predict_refuses_a_checkpoint_trained_with_other_settings(tmp_path, raw_params):
+    params, args = _pipeline(tmp_path, raw_params, {})
+    raw = yaml.safe_load(Path(args.params).read_text())
+    raw["stitch"]["min_owned"] = 0.25
+    with pytest.raises(LivecellsegError, match=r"trained with other settings .*stitch.min_owned"):
+        stitch_predict(parse_params(raw), args)
+
+
+SETTING_NAMES = {  # params.yaml keys that say how a model predicts, tiles or stitches
+    "grid",
+    "window",
+    "min_visible",
+    "min_owned",
+    "nms_iou",
+    "score_thresh",
+    "nms_thresh",
+    "mask_thresh",
+    "iou_thresh",
+    "detections_per_img",
+    "rpn_pre_nms_top_n",
+    "rpn_post_nms_top_n",
+    "rpn_score_thresh",
+    "box_batch_size_per_image",
+    "min_size",
+    "max_size",
+}
+
+
+def _is_number(node: ast.AST | None) -> bool:
+    if isinstance(node, ast.UnaryOp):
+        node = node.operand
+    return isinstance(node, ast.Constant) and type(node.value) in (int, float)
+
+
+def _defaulted(tree: ast.AST) -> list[tuple[int, str]]:
+    """(line, name) of every function argument or class field named like a setting that has
+    a number as its default (None, meaning "the recorded one", is fine)."""
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            a = node.args
+            positional = a.posonlyargs + a.args
+            with_default = positional[len(positional) - len(a.defaults) :]
+            pairs = list(zip(with_default, a.defaults, strict=True))
+            pairs += list(zip(a.kwonlyargs, a.kw_defaults, strict=True))
+            found += [
+                (arg.lineno, arg.arg)
+                for arg, default in pairs
+                if arg.arg in SETTING_NAMES and _is_number(default)
+            ]
+        elif isinstance(node, ast.AnnAssign) and _is_number(node.value):
+            name = getattr(node.target, "id", None)
+            if name in SETTING_NAMES:
+                found.append((node.lineno, name))
+    return found
+
+
+def test_no_module_writes_a_default_for_a_setting():
+    """params.yaml is the one source: a default in code would silently differ from it."""
+    src = Path(__file__).resolve().parents[1] / "src" / "livecellseg"
+    offenders = [
+        f"{path.relative_to(src)}:{line} {name}"
+        for path in sorted(src.rglob("*.py"))
+        for line, name in _defaulted(ast.parse(path.read_text()))
+    ]
+    assert offenders == [], offenders
+
+
+def test_the_default_finder_finds_defaults():
+    code = (
+        "def f(a, grid=7, *, nms_iou=0.5, b=1, score_thresh=None): pass\n"
+        "class S:\n    window: int = 3\n    mode: str = 'x'\n"
+    )
+    assert _defaulted(ast.parse(code)) == [(1, "grid"), (1, "nms_iou"), (3, "window")]
