@@ -6,7 +6,7 @@ import logging
 from pathlib import Path
 
 from livecellseg.io import atomic_dir
-from livecellseg.sample import write_livecell_root
+from livecellseg.sample import generate, write_livecell_root
 from stages.common import run_stage
 
 log = logging.getLogger("stages.sample")
@@ -15,16 +15,15 @@ log = logging.getLogger("stages.sample")
 def main(params, args) -> None:
     cfg = params.sample
     with atomic_dir(args.out) as out:
-        counts = write_livecell_root(
-            out,
+        samples = generate(
             n_images=cfg.n_images,
             empty_images=cfg.empty_images,
             cell_lines=cfg.cell_lines,
             width=cfg.width,
             height=cfg.height,
             seed=params.seed,
-            progress=True,
         )
+        counts = write_livecell_root(out, samples, total=cfg.n_images, progress=True)
     log.info("%d images, %d cells -> %s", counts["images"], counts["cells"], args.out)
 
 

@@ -36,16 +36,15 @@ def make_livecell_root(
 ) -> Path:
     """A LIVECell-format data root: images/<split dir>/<line>/*.tif + annotations/*.json;
     image i goes to train, val, test in turn."""
-    write_livecell_root(
-        root,
+    samples = generate(
         n_images=n_images,
         empty_images=empty,
         cell_lines=lines,
         width=width,
         height=height,
         seed=seed,
-        splits=("train", "val", "test"),
     )
+    write_livecell_root(root, samples, splits=("train", "val", "test"))
     return root
 
 

@@ -10,6 +10,7 @@ Everything follows from the seed.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -167,37 +168,25 @@ def polygon_annotation(ann_id: int, image_id: int, poly: np.ndarray) -> dict:
 
 def write_livecell_root(
     out: Path,
+    samples: Iterable[tuple[str, str, np.ndarray, list[np.ndarray]]],
     *,
-    n_images: int,
-    empty_images: int,
-    cell_lines: tuple[str, ...],
-    width: int,
-    height: int,
-    seed: int,
     splits: tuple[str, ...] = LIVECELL_SPLIT_CYCLE,
+    total: int | None = None,
     progress: bool = False,
 ) -> dict[str, Any]:
-    """Generate the sample into `out` as a LIVECell data root; image i goes to the split
-    `splits[i % len(splits)]`. Returns the counts of images and cells written."""
+    """Write generated samples (`generate`'s output) into `out` as a LIVECell data root;
+    image i goes to the split `splits[i % len(splits)]`. Returns the counts written."""
     docs: dict[str, tuple[list[dict], list[dict]]] = {s: ([], []) for s in ("train", "val", "test")}
-    next_ann_id = 1
-    images = generate(
-        n_images=n_images,
-        empty_images=empty_images,
-        cell_lines=cell_lines,
-        width=width,
-        height=height,
-        seed=seed,
-    )
-    for i, (name, line, image, polygons) in enumerate(
-        tqdm(images, total=n_images, desc="sample", unit="img", disable=not progress)
-    ):
+    next_ann_id, n_images = 1, 0
+    bar = tqdm(samples, total=total, desc="sample", unit="img", disable=not progress)
+    for i, (name, line, image, polygons) in enumerate(bar):
         split = splits[i % len(splits)]
         path = out / image_dir(split) / line / name
         path.parent.mkdir(parents=True, exist_ok=True)
         write_gray(path, image)
-        image_id = i + 1
+        image_id, n_images = i + 1, i + 1
         imgs, anns = docs[split]
+        height, width = image.shape
         imgs.append({"id": image_id, "file_name": name, "width": width, "height": height})
         for poly in polygons:
             anns.append(polygon_annotation(next_ann_id, image_id, poly))
