@@ -21,7 +21,7 @@ from livecellseg.app import (
     MAX_SCORE,
     MIN_SCORE,
     Segmenter,
-    checkpoint_score,
+    checkpoint_defaults,
     example_path,
     explain,
     find_checkpoints,
@@ -141,7 +141,7 @@ def test_handlers_refuse_what_the_user_can_fix(setup, tmp_path):
     with pytest.raises(LivecellsegError, match="no image yet"):
         explain(seg, checkpoints, None, label, tmp_path)
     with pytest.raises(LivecellsegError, match="no checkpoint chosen"):
-        checkpoint_score(seg, checkpoints, "nope")
+        checkpoint_defaults(seg, checkpoints, "nope")
     assert example_path(examples, None) is None
     assert example_path(examples, "BV2_Phase_A1_1_00d00h00m_1.tif") == str(source)
     with pytest.raises(LivecellsegError, match="no example image named 'other.tif'"):
@@ -154,13 +154,16 @@ def test_the_slider_starts_at_each_checkpoints_own_threshold(setup, raw_params, 
     for name, thresh in [("trained at 0.3", 0.3), ("trained at 0", 0.0)]:
         raw = copy.deepcopy(raw_params)
         raw["model"]["score_thresh"] = thresh
+        raw["stitch"]["mode"] = "whole"
         checkpoints[name] = save_tiny_checkpoint(tmp_path / f"{thresh}.pt", raw)
     seg = Segmenter("cpu")
-    assert (
-        checkpoint_score(seg, checkpoints, "params.yaml's") == raw_params["model"]["score_thresh"]
+    assert checkpoint_defaults(seg, checkpoints, "params.yaml's") == (
+        raw_params["model"]["score_thresh"],
+        raw_params["stitch"]["mode"],
     )
-    assert checkpoint_score(seg, checkpoints, "trained at 0.3") == 0.3
-    assert checkpoint_score(seg, checkpoints, "trained at 0") == MIN_SCORE  # the slider's range
+    assert checkpoint_defaults(seg, checkpoints, "trained at 0.3") == (0.3, "whole")
+    # within the slider's range
+    assert checkpoint_defaults(seg, checkpoints, "trained at 0") == (MIN_SCORE, "whole")
     assert MIN_SCORE < 0.3 < MAX_SCORE
 
 

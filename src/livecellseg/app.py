@@ -1,7 +1,7 @@
 """The web app (`livecellseg app`): segment one image, re-threshold it live, explain the model.
 
 The event logic is plain functions over `Segmenter` and the checkpoint/example dicts
-(`segment`, `explain`, `checkpoint_score`...): they return plain values and raise
+(`segment`, `explain`, `checkpoint_defaults`...): they return plain values and raise
 `LivecellsegError` for what the user can fix, and are tested without Gradio. `build_app` only
 lays out the page and wires events to thin adapters that turn those values into component
 updates, `gr.Warning` and `gr.Error`.
@@ -225,13 +225,14 @@ def example_path(examples: dict[str, Path], name: str | None) -> str | None:
     return str(examples[name])
 
 
-def checkpoint_score(
+def checkpoint_defaults(
     segmenter: Segmenter, checkpoints: dict[str, Path], label: str | None
-) -> float:
-    """Where the slider goes for a checkpoint: the score threshold it was trained with,
-    within the slider's range."""
+) -> tuple[float, Mode]:
+    """Where the slider and the mode go for a checkpoint: the score threshold (within the
+    slider's range) and the stitching mode it was trained and evaluated with."""
     predictor = segmenter.predictor(checkpoint_path(checkpoints, label))
-    return min(max(float(predictor.trained_score_thresh), MIN_SCORE), MAX_SCORE)
+    score = min(max(float(predictor.trained_score_thresh), MIN_SCORE), MAX_SCORE)
+    return score, predictor.settings.stitch.mode
 
 
 @dataclass(frozen=True)
@@ -336,7 +337,7 @@ def _gradio_adapters(
 
     def checkpoint(label):
         with _gradio_errors(gr):
-            return checkpoint_score(segmenter, checkpoints, label)
+            return checkpoint_defaults(segmenter, checkpoints, label)
 
     def example(name):
         with _gradio_errors(gr):
@@ -372,7 +373,8 @@ def build_app(segmenter: Segmenter, checkpoints: dict[str, Path], examples: dict
     area_histogram(np.ones(3))  # imports pandas now, not on the first slider move
     on = _gradio_adapters(gr, segmenter, checkpoints, examples, work)
     first = next(iter(checkpoints), None)
-    initial = checkpoint_score(segmenter, checkpoints, first) if first else MIN_SCORE  # slider
+    # the page starts with the first checkpoint's score threshold and mode
+    start = checkpoint_defaults(segmenter, checkpoints, first) if first else (MIN_SCORE, None)
 
     # delete_cache: Gradio's copies of uploads and outputs older than an hour, hourly
     with gr.Blocks(title="livecellseg", analytics_enabled=False, delete_cache=(3600, 3600)) as demo:
@@ -394,14 +396,14 @@ def build_app(segmenter: Segmenter, checkpoints: dict[str, Path], examples: dict
                 )
                 mode = gr.Radio(
                     list(get_args(Mode)),
-                    value="stitched",
+                    value=start[1],
                     label="Mode",
                     info="stitched: 25 tiles, as the pipeline; whole: one pass, ~3x faster",
                 )
                 score = gr.Slider(
                     MIN_SCORE,
                     MAX_SCORE,
-                    initial,
+                    start[0],
                     step=0.01,
                     label="Score threshold",
                     elem_id="score",
@@ -448,7 +450,7 @@ def build_app(segmenter: Segmenter, checkpoints: dict[str, Path], examples: dict
         )
         run.click(on.segment, inputs, outputs, **hidden)
         # another checkpoint: the slider moves to its threshold, then the image is redone
-        ckpt.input(on.checkpoint, ckpt, score, **hidden).success(
+        ckpt.input(on.checkpoint, ckpt, [score, mode], **hidden).success(
             on.control, inputs, outputs, **hidden
         )
         mode.input(on.control, inputs, outputs, **hidden)
