@@ -26,8 +26,12 @@ CHANGED = {  # other tiles and stitching than params.yaml's, each of them in eff
 }
 
 
-def _pipeline(tmp_path, raw_params, sections: dict):
-    raw = tiny_train_params(raw_params, custom={"epochs": 1}, model=KEEP_ALL, **sections)
+@pytest.fixture(scope="module", params=[{}, CHANGED], ids=["params.yaml", "changed"])
+def pipeline(request, tmp_path_factory, raw_params):
+    """A tiny custom model trained with the given sections changed, and stitch_predict's
+    output on its test image: (params, the stage's arguments)."""
+    tmp_path = tmp_path_factory.mktemp("pipeline")
+    raw = tiny_train_params(raw_params, custom={"epochs": 1}, model=KEEP_ALL, **request.param)
     params = parse_params(raw)
     params_file = tmp_path / "params.yaml"
     params_file.write_text(yaml.safe_dump(raw))
@@ -53,28 +57,27 @@ def _detections(results: list[dict]) -> list[tuple]:
     return [(r["segmentation"]["counts"], r["score"], r["bbox"], r["area"]) for r in results]
 
 
-@pytest.mark.parametrize("sections", [{}, CHANGED], ids=["params.yaml", "changed"])
-def test_cli_predicts_what_stitch_predict_wrote(tmp_path, raw_params, sections):
-    params, args = _pipeline(tmp_path, raw_params, sections)
+def test_cli_predicts_what_stitch_predict_wrote(pipeline, tmp_path):
+    params, args = pipeline
     predictor, _ = Predictor.from_checkpoint(args.checkpoint, "cpu")
     assert predictor.settings == predict_settings(params)  # recorded, not code defaults
     assert predictor.settings.stitch.grid == params.tile.grid
     written = json.loads(args.out.read_text())
     test_images = json.loads(args.split.read_text())["images"]
     for im in test_images:
-        out = tmp_path / "cli"
         path = args.images / im["file_name"]
-        assert cli(["predict", str(path), "--model", str(args.checkpoint), "--out", str(out)]) == 0
-        doc = json.loads((out / f"{path.stem}_coco.json").read_text())
+        argv = ["predict", str(path), "--model", str(args.checkpoint), "--out", str(tmp_path)]
+        assert cli(argv) == 0
+        doc = json.loads((tmp_path / f"{path.stem}_coco.json").read_text())
         mine = [r for r in written if r["image_id"] == im["id"]]
         assert len(mine) > 0
         assert _detections(doc["annotations"]) == _detections(mine)
 
 
-def test_stitch_predict_refuses_a_checkpoint_trained_with_other_settings(tmp_path, raw_params):
-    params, args = _pipeline(tmp_path, raw_params, {})
+def test_stitch_predict_refuses_a_checkpoint_trained_with_other_settings(pipeline):
+    params, args = pipeline
     raw = yaml.safe_load(Path(args.params).read_text())
-    raw["stitch"]["min_owned"] = 0.25
+    raw["stitch"]["min_owned"] += 0.05
     with pytest.raises(LivecellsegError, match=r"trained with other settings .*stitch.min_owned"):
         stitch_predict(parse_params(raw), args)
 
