@@ -305,12 +305,24 @@ CHECKPOINT_STOPS = [
         f"checkpoint format {CHECKPOINT_FORMAT + 1} is newer than this livecellseg",
     ),
     ("checkpoint whose weights are another model's", _other_weights, "weights do not fit"),
+    (
+        "checkpoint without recorded settings (an older livecellseg)",
+        lambda p, raw: _checkpoint(p, raw, "transfer", format=1, params={"model": "transfer"}),
+        "does not record the settings it was trained with; retrain it",
+    ),
 ]
-STAGE_ONLY_CHECKPOINT = (
-    "checkpoint of the other model",
-    lambda p, raw: _checkpoint(p, raw, "custom"),
-    "holds the custom model, expected transfer; put the train_transfer stage's checkpoint",
-)
+STAGE_ONLY_CHECKPOINTS = [
+    (
+        "checkpoint of the other model",
+        lambda p, raw: _checkpoint(p, raw, "custom"),
+        "holds the custom model, expected transfer; put the train_transfer stage's checkpoint",
+    ),
+    (  # the tiny checkpoint records a smaller input scale and budgets than params.yaml
+        "checkpoint trained with other settings than params.yaml",
+        lambda p, raw: _checkpoint(p, raw, "transfer"),
+        "trained with other settings than params.yaml (inference.detections_per_img",
+    ),
+]
 
 
 @pytest.fixture(scope="module")
@@ -326,8 +338,8 @@ def test_split(tmp_path_factory):
 
 @pytest.mark.parametrize(
     ("case", "make", "message"),
-    [*CHECKPOINT_STOPS, STAGE_ONLY_CHECKPOINT],
-    ids=[c[0] for c in [*CHECKPOINT_STOPS, STAGE_ONLY_CHECKPOINT]],
+    [*CHECKPOINT_STOPS, *STAGE_ONLY_CHECKPOINTS],
+    ids=[c[0] for c in [*CHECKPOINT_STOPS, *STAGE_ONLY_CHECKPOINTS]],
 )
 def test_stitch_predict_stops_on_a_bad_checkpoint(
     case, make, message, test_split, raw_params, tmp_path
@@ -456,7 +468,8 @@ def test_readme_table_lists_every_case():
     text = (ROOT / "README.md").read_text()
     section = text.split("## Bad input", 1)[1].split("\n## ", 1)[0]
     rows = {m.strip() for m in re.findall(r"^\| ([^|]+?) \|", section, re.M)} - {"input"}
-    cases = {c[0] for c in [*SUBSET_STOPS, *PARAMS_STOPS, *CHECKPOINT_STOPS, STAGE_ONLY_CHECKPOINT]}
+    stops = [*SUBSET_STOPS, *PARAMS_STOPS, *CHECKPOINT_STOPS, *STAGE_ONLY_CHECKPOINTS]
+    cases = {c[0] for c in stops}
     cases |= {c[0] for c in [*SKIPPED_ANNOTATIONS, *KEPT_ANNOTATIONS, *PREDICT_IMAGES]}
     assert cases <= rows, sorted(cases - rows)
     others = {"too few images for the split fractions", "a cell no tile keeps"}
