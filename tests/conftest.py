@@ -166,17 +166,23 @@ TINY_MODEL = {  # an untrained tiny model at inference: small input scale and bu
 }
 
 
+def tiny_params(raw: dict, **model):
+    """Params with TINY_MODEL (and `model` overrides) in the model section."""
+    from livecellseg.config import parse_params
+
+    return parse_params(copy.deepcopy(raw) | {"model": dict(raw["model"]) | TINY_MODEL | model})
+
+
 def save_tiny_checkpoint(path: Path, raw: dict, name: str = "custom", seed: int = 0) -> Path:
     """An untrained model's checkpoint, tiny at inference (small input scale and budgets),
     in the training stage's format: what the CLI and the app load."""
     import torch
 
     from livecellseg.checkpoint import FORMAT
-    from livecellseg.config import parse_params
     from livecellseg.models import build_model
     from livecellseg.settings import inference_settings, recorded_params, sampling_settings
 
-    params = parse_params(copy.deepcopy(raw) | {"model": dict(raw["model"]) | TINY_MODEL})
+    params = tiny_params(raw)
     torch.manual_seed(seed)
     model, _ = build_model(
         name,
@@ -202,18 +208,12 @@ def save_tiny_checkpoint(path: Path, raw: dict, name: str = "custom", seed: int 
 
 def tiny_inference():
     """Inference settings for untrained tiny models: keep every detection, small input scale."""
-    from dataclasses import replace
+    from livecellseg.settings import inference_settings
 
-    infer, _ = default_model_settings()
-    return replace(
-        infer,
-        score_thresh=0.0,  # untrained: keep everything so there is something to stitch
-        detections_per_img=30,
-        rpn_pre_nms_top_n=100,
-        rpn_post_nms_top_n=50,
-        min_size=64,
-        max_size=96,
-    )
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    # untrained: keep everything so there is something to stitch
+    p = tiny_params(raw, score_thresh=0.0)
+    return inference_settings(p.model, p.stitch)
 
 
 def tiny_predict_settings(**stitch):
