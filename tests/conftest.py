@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import copy
+import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -12,6 +15,17 @@ from livecellseg.images import write_gray
 from livecellseg.sample import generate, polygon_annotation, write_livecell_root
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+@contextmanager
+def scratch_dir(tmp_path_factory, name: str) -> Iterator[Path]:
+    """A directory for a module-scoped fixture, removed when the module's tests are done
+    (pytest keeps those until the session ends; the big ones would fill CI's disk)."""
+    path = tmp_path_factory.mktemp(name)
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

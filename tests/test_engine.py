@@ -56,6 +56,11 @@ def test_two_runs_give_identical_metrics_and_weights(tiles, tmp_path, raw_params
     assert s1["epochs_done"] == 2 and s1["params"]["all_total"] == 30_958_337
     ckpt = torch.load(tmp_path / "a/custom_last.pt", weights_only=True)
     assert {"model", "optimizer", "scheduler", "epoch", "params", "versions"} <= set(ckpt)
+    best = torch.load(tmp_path / "a/custom.pt", weights_only=True)  # for prediction only
+    assert not {"optimizer", "scheduler", "scaler"} & set(best) and "params" in best
+    assert (tmp_path / "a/custom.pt").stat().st_size < 0.4 * (
+        tmp_path / "a/custom_last.pt"
+    ).stat().st_size
     assert ckpt["versions"]["torch"] == torch.__version__
     assert (tmp_path / "a/live/plots/metrics/batch/loss_mask.tsv").exists()
     assert (tmp_path / "a/live/plots/metrics/epoch/time_s.tsv").exists()

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import ROOT
+from tests.conftest import ROOT, scratch_dir
 from tests.test_livecell import RangeHandler, _serve
 
 pytestmark = pytest.mark.slow
@@ -31,6 +31,9 @@ def _copy_project(dst: Path) -> Path:
             (dst / rel).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(src, dst / rel)
     subprocess.run(["git", "init", "-q"], cwd=dst, check=True)
+    # outputs hard-linked to the cache, not copied: each copy's checkpoints once on disk
+    # (CI's disk is small); stages write by rename, so a link is never written through
+    (dst / ".dvc/config.local").write_text("[cache]\n    type = hardlink\n")
     return dst
 
 
@@ -54,9 +57,10 @@ def _set_params(project: Path, **sections):
 
 @pytest.fixture(scope="module")
 def project(tmp_path_factory):
-    p = _copy_project(tmp_path_factory.mktemp("project"))
-    _set_params(p, sample={"n_images": 6, "empty_images": 1, "cell_lines": ["A172", "BV2"]})
-    return p
+    with scratch_dir(tmp_path_factory, "project") as p:
+        _copy_project(p)
+        _set_params(p, sample={"n_images": 6, "empty_images": 1, "cell_lines": ["A172", "BV2"]})
+        yield p
 
 
 def test_repro_tile_then_nothing_to_do(project):

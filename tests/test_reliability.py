@@ -12,21 +12,21 @@ import torch
 import yaml
 
 from livecellseg import checkpoint, trainlog
-from tests.conftest import ROOT, make_tiles, tiny_train_params, train_custom_args
+from tests.conftest import ROOT, make_tiles, scratch_dir, tiny_train_params, train_custom_args
 
 STEPS_PER_EPOCH = 4  # max_tiles_per_epoch 8 / batch_size 2
 
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory, raw_params):
-    base = tmp_path_factory.mktemp("kill")
-    tiles = make_tiles(base / "tiles")
-    params = tiny_train_params(raw_params, train={"max_tiles_per_epoch": 8})
-    (base / "params.yaml").write_text(yaml.safe_dump(params))
-    full = base / "full"
-    r = _stage(base, full).communicate(timeout=600)
-    assert (full / "custom_last.pt").exists(), r
-    return base, tiles, full
+    with scratch_dir(tmp_path_factory, "kill") as base:
+        tiles = make_tiles(base / "tiles")
+        params = tiny_train_params(raw_params, train={"max_tiles_per_epoch": 8})
+        (base / "params.yaml").write_text(yaml.safe_dump(params))
+        full = base / "full"
+        r = _stage(base, full).communicate(timeout=600)
+        assert (full / "custom_last.pt").exists(), r
+        yield base, tiles, full
 
 
 def _stage(base, out):

@@ -16,7 +16,7 @@ from livecellseg.predict import Predictor
 from livecellseg.settings import predict_settings
 from livecellseg.training import train_model
 from stages.stitch_predict import main as stitch_predict
-from tests.conftest import make_tiles, tiny_train_params
+from tests.conftest import make_tiles, scratch_dir, tiny_train_params
 
 # an untrained model scores low: keep every detection, so there are cells to compare
 KEEP_ALL = {"score_thresh": 0.0, "detections_per_img": 40}
@@ -30,27 +30,32 @@ CHANGED = {  # other tiles and stitching than params.yaml's, each of them in eff
 def pipeline(request, tmp_path_factory, raw_params):
     """A tiny custom model trained with the given sections changed, and stitch_predict's
     output on its test image: (params, the stage's arguments)."""
-    tmp_path = tmp_path_factory.mktemp("pipeline")
-    raw = tiny_train_params(raw_params, custom={"epochs": 1}, model=KEEP_ALL, **request.param)
-    params = parse_params(raw)
-    params_file = tmp_path / "params.yaml"
-    params_file.write_text(yaml.safe_dump(raw))
-    tiles = make_tiles(tmp_path / "tiles", grid=params.tile.grid, window=params.tile.window)
-    best = tmp_path / "custom.pt"
-    train_model(
-        "custom", params, tiles=tiles, best=best, last=tmp_path / "last.pt", live_dir=tmp_path / "l"
-    )
-    args = argparse.Namespace(
-        params=str(params_file),
-        checkpoint=best,
-        model="custom",
-        split=tiles / "_split" / "test.json",
-        images=tiles / "_images",
-        out=tmp_path / "predictions.json",
-        counts=tmp_path / "counts.csv",
-    )
-    stitch_predict(params, args)
-    return params, args
+    with scratch_dir(tmp_path_factory, "pipeline") as tmp_path:
+        raw = tiny_train_params(raw_params, custom={"epochs": 1}, model=KEEP_ALL, **request.param)
+        params = parse_params(raw)
+        params_file = tmp_path / "params.yaml"
+        params_file.write_text(yaml.safe_dump(raw))
+        tiles = make_tiles(tmp_path / "tiles", grid=params.tile.grid, window=params.tile.window)
+        best = tmp_path / "custom.pt"
+        train_model(
+            "custom",
+            params,
+            tiles=tiles,
+            best=best,
+            last=tmp_path / "last.pt",
+            live_dir=tmp_path / "l",
+        )
+        args = argparse.Namespace(
+            params=str(params_file),
+            checkpoint=best,
+            model="custom",
+            split=tiles / "_split" / "test.json",
+            images=tiles / "_images",
+            out=tmp_path / "predictions.json",
+            counts=tmp_path / "counts.csv",
+        )
+        stitch_predict(params, args)
+        yield params, args
 
 
 def _detections(results: list[dict]) -> list[tuple]:

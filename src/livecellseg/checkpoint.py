@@ -2,7 +2,8 @@
 
 A checkpoint is a plain dict (torchvision's references do the same), loaded with
 `weights_only=True`:
-    format, name ("transfer" | "custom"), model (state dict), optimizer, scheduler, scaler,
+    format, name ("transfer" | "custom"), model (state dict), optimizer, scheduler, scaler
+    (the training state: in the last checkpoint, which a run resumes from, not in the best),
     epoch, phase, best_f1, best_epoch, val (metrics of that epoch),
     params (the params.yaml sections it was trained with: settings.recorded_params),
     run (what else identifies the run: pretrained, data fingerprint), versions.
@@ -70,10 +71,14 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     return ckpt
 
 
+def inference_state(ckpt: dict) -> dict:
+    """A checkpoint without its training state: what prediction needs."""
+    return {k: v for k, v in ckpt.items() if k not in TRAINING_STATE}
+
+
 def export_weights(checkpoint: Path, out: Path) -> tuple[int, int]:
     """Copy a checkpoint without its training state; return (bytes before, bytes after)."""
-    ckpt = load_checkpoint(checkpoint)
-    save_checkpoint({k: v for k, v in ckpt.items() if k not in TRAINING_STATE}, out)
+    save_checkpoint(inference_state(load_checkpoint(checkpoint)), out)
     return checkpoint.stat().st_size, out.stat().st_size
 
 

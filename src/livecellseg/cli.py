@@ -3,7 +3,7 @@
 livecellseg predict IMAGE_OR_DIR... --model models/custom.pt [--out DIR] [--score S]
 livecellseg app [--models models] [--host 127.0.0.1] [--port 7860]
 livecellseg explain IMAGE --model models/custom.pt [--out DIR]
-livecellseg export models/custom.pt custom_weights.pt
+livecellseg export models/custom_last.pt custom_weights.pt
 livecellseg get-livecell data/livecell [--base-url URL] [--keep-zip]
 """
 
@@ -167,10 +167,11 @@ def _parser() -> argparse.ArgumentParser:
         description=(
             "Write a checkpoint without optimizer, scheduler and scaler state (about a third "
             "of the size for the custom model). It predicts identically and loads anywhere a "
-            "training checkpoint does; it cannot resume training."
+            "training checkpoint does; it cannot resume training. The best checkpoints "
+            "(models/<model>.pt) are already written this way; use it on a *_last.pt."
         ),
     )
-    xp.add_argument("checkpoint", type=Path, help="training checkpoint, e.g. models/custom.pt")
+    xp.add_argument("checkpoint", type=Path, help="training checkpoint, e.g. models/custom_last.pt")
     xp.add_argument("out", type=Path, help="file to write")
     xp.set_defaults(run=_export)
 

@@ -23,7 +23,13 @@ import torch
 from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
-from livecellseg.checkpoint import FORMAT, load_checkpoint, save_checkpoint, versions
+from livecellseg.checkpoint import (
+    FORMAT,
+    inference_state,
+    load_checkpoint,
+    save_checkpoint,
+    versions,
+)
 from livecellseg.coco import encode_masks
 from livecellseg.datasets import TileDataset, collate
 from livecellseg.errors import LivecellsegError
@@ -147,8 +153,8 @@ class Run:
             "val": val,
             "versions": versions(),
         }
-        if improved:
-            save_checkpoint(state, self.best_path)
+        if improved:  # best is for prediction: no training state (a third of the bytes)
+            save_checkpoint(inference_state(state), self.best_path)
         save_checkpoint(state, self.last_path)
 
 
