@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import os
+import time
 from pathlib import Path
 
 from livecellseg.io import atomic_dir
@@ -22,9 +24,22 @@ def main(params, args) -> None:
             width=cfg.width,
             height=cfg.height,
             seed=params.seed,
+            workers=os.cpu_count() or 1,  # the same images for any number of workers
         )
+        start = time.perf_counter()
         counts = write_livecell_root(out, samples, total=cfg.n_images, progress=True)
-    log.info("%d images, %d cells -> %s", counts["images"], counts["cells"], args.out)
+        seconds = time.perf_counter() - start
+    for line, n in counts["cells_per_image"].items():
+        log.info("%s: %d images, cells per image %s", line, len(n), n)
+    log.info(
+        "%d images, %d cells (%.0f per image) in %.1f s (%.2f s per image) -> %s",
+        counts["images"],
+        counts["cells"],
+        counts["cells"] / max(counts["images"], 1),
+        seconds,
+        seconds / max(counts["images"], 1),
+        args.out,
+    )
 
 
 def add_args(parser) -> None:

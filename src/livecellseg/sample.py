@@ -1,23 +1,42 @@
-"""The embedded sample: phase-contrast-like images with exact polygons, written as a LIVECell
-data root (`write_livecell_root`: LZW TIFFs and COCO files in LIVECell's layout and naming).
+"""The embedded sample: synthetic phase-contrast images of LIVECell's eight cell lines with exact
+polygon annotations, written as a LIVECell data root (`write_livecell_root`: LZW TIFFs and COCO
+files in LIVECell's layout and naming).
 
-Each cell is a smooth random star-shaped polygon (ellipse plus low harmonics), drawn the way
-a phase-contrast microscope shows it: a dark body with brighter texture, a bright membrane
-outline and a bright halo outside. Cell lines differ in size, elongation, irregularity and
-density; fields are dense enough that cells touch and overlap, and some images are empty.
-Everything follows from the seed.
+How an image is made (`render_image`), each step drawn per cell line from `LOOKS`:
+1. Density: cells per image log-uniform from near-empty to confluent (BV2 into the
+   thousands), scaled to the image area. Cells are scattered, or grouped in clusters
+   (epithelial lines); some round cells come in dividing pairs.
+2. Shapes: each cell claims the pixels inside its radial outline (ellipse with harmonic
+   wobble); where outlines meet, the cell nearer relative to its size wins, so crowded cells
+   press into polygons as in a confluent monolayer. Neurites (SH-SY5Y, some A172 and BV2)
+   grow as branching random walks from the soma into free space and belong to their cell's
+   mask, as LIVECell annotates them.
+3. Annotation: the outline of each cell's mask becomes its polygon, and the mask is
+   re-rasterised from that polygon (pycocotools, as evaluation does): the image is drawn from
+   exactly what the annotation says.
+4. Optics, in a simple form of phase contrast: a thickness map (flat lamellae with a steep edge,
+   a domed nucleus with nucleoli, granular cytoplasm, thick round cells, thin neurites) is
+   high-passed at two scales: dark where thick, a bright halo outside whose width and strength
+   grow with thickness; a relief term shades edges. Out-of-focus cells are blurred; debris
+   (not annotated) and an illumination gradient are added; slow shading is then removed and
+   the mean set to 128 (LIVECell's frames are flat-field corrected), and camera noise matched
+   to the reference frames (std and neighbour correlation of their background) is added.
+Everything follows from the seed; images are independent, so they render in parallel.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import os
+from collections.abc import Iterable, Iterator
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from pycocotools import mask as mask_utils
 from scipy import ndimage
-from skimage.draw import polygon as fill_polygon
+from skimage.measure import approximate_polygon, find_contours
 from tqdm import tqdm
 
 from livecellseg.images import write_gray
@@ -25,97 +44,289 @@ from livecellseg.livecell import image_dir, write_coco
 
 # LIVECell ships its own train/val/test files; the sample spreads its images over the same three.
 LIVECELL_SPLIT_CYCLE = ("train",) * 5 + ("val", "test")
+LIVECELL_AREA = 704 * 520  # densities are per LIVECell image
+MIN_CELL_PIXELS = 12  # a sliver at the border: not a cell anyone would annotate
+FLAT_FIELD_SIGMA = 10.0  # px
 
 
 @dataclass(frozen=True)
 class CellLineLook:
-    radius: float  # mean equivalent radius, px
+    radius: float  # mean equivalent radius of a free cell, px
     radius_sd: float
     elongation: float  # max axis ratio
-    irregularity: float  # amplitude of the harmonics, fraction of the radius
-    n_cells: tuple[int, int]  # cells per image, min..max
-    contrast: float  # body darkening, grey levels
+    irregularity: float  # amplitude of the outline's harmonics, fraction of the radius
+    n_cells: tuple[int, int]  # cells per 704x520 image, log-uniform min..max
+    cluster: float  # mean cells per cluster (1: scattered)
+    round_frac: float  # share of thick round cells (rounded, dividing, floating)
+    thickness: float  # flat cell thickness (phase units; round cells are ~3x)
+    texture: float  # granularity of the cytoplasm
+    neurites: float  # mean neurites per flat cell
+    neurite_len: float  # mean neurite length, px
 
 
-# Sizes follow the ordering seen in LIVECell (BV2 small, A172/Huh7/SKOV3 large, SHSY5Y long).
+# From LIVECell's paper and images: A172 large, spread, irregular; BT474/MCF7 compact clusters;
+# BV2 small, round, bright and very dense; Huh7 polygonal clusters; SH-SY5Y small somata with
+# long branching neurites; SkBr3 rounded grape-like clusters; SK-OV-3 large, flat, elongated.
+# Means of the log-uniform counts: ~300 cells per image over the eight lines, as LIVECell.
 LOOKS: dict[str, CellLineLook] = {
-    "A172": CellLineLook(15, 3, 2.6, 0.20, (25, 60), 38),
-    "BT474": CellLineLook(10, 2, 1.4, 0.10, (50, 110), 45),
-    "BV2": CellLineLook(7, 1.5, 1.3, 0.08, (70, 150), 50),
-    "Huh7": CellLineLook(16, 3, 1.6, 0.18, (25, 55), 34),
-    "MCF7": CellLineLook(12, 2.5, 1.5, 0.14, (40, 90), 40),
-    "SHSY5Y": CellLineLook(9, 2, 3.2, 0.22, (40, 90), 42),
-    "SkBr3": CellLineLook(10, 2, 1.3, 0.10, (50, 110), 46),
-    "SKOV3": CellLineLook(16, 3.5, 1.8, 0.16, (25, 55), 36),
+    "A172": CellLineLook(21, 5, 2.6, 0.30, (25, 500), 1.0, 0.08, 0.8, 1.0, 0.7, 22),
+    "BT474": CellLineLook(11, 2, 1.4, 0.12, (60, 1000), 14.0, 0.08, 1.1, 1.2, 0.0, 0),
+    "BV2": CellLineLook(6.5, 1.2, 1.35, 0.10, (150, 2800), 1.0, 0.55, 1.3, 0.6, 0.15, 8),
+    "Huh7": CellLineLook(15, 3, 1.5, 0.18, (40, 550), 9.0, 0.05, 0.9, 1.3, 0.0, 0),
+    "MCF7": CellLineLook(12, 2.5, 1.5, 0.14, (60, 900), 12.0, 0.06, 1.0, 1.1, 0.0, 0),
+    "SHSY5Y": CellLineLook(8, 1.6, 1.6, 0.20, (40, 600), 2.5, 0.30, 1.6, 1.1, 3.0, 45),
+    "SkBr3": CellLineLook(9, 1.8, 1.3, 0.10, (70, 1000), 6.0, 0.45, 1.2, 1.0, 0.0, 0),
+    "SKOV3": CellLineLook(18, 4, 2.8, 0.22, (25, 400), 1.0, 0.05, 0.7, 1.0, 0.2, 15),
 }
 
 
-def cell_polygon(rng: np.random.Generator, look: CellLineLook, cy: float, cx: float) -> np.ndarray:
-    """A closed star-shaped polygon (N, 2) in (x, y) around the centre."""
-    r = max(3.0, rng.normal(look.radius, look.radius_sd))
-    ratio = rng.uniform(1.0, look.elongation)
-    a, b = r * np.sqrt(ratio), r / np.sqrt(ratio)
-    theta0 = rng.uniform(0, np.pi)
-    t = np.linspace(0, 2 * np.pi, 32, endpoint=False)
-    wobble = 1.0
-    for k in (2, 3, 5):
-        wobble = wobble + look.irregularity / k * rng.normal() * np.cos(
-            k * t + rng.uniform(0, 2 * np.pi)
-        )
-    x, y = a * np.cos(t) * wobble, b * np.sin(t) * wobble
-    xr = cx + x * np.cos(theta0) - y * np.sin(theta0)
-    yr = cy + x * np.sin(theta0) + y * np.cos(theta0)
-    return np.stack([xr, yr], axis=1)
+@dataclass
+class Cell:
+    cy: float
+    cx: float
+    radius: float
+    ratio: float  # axis ratio
+    angle: float
+    harmonics: np.ndarray  # (3, 2): amplitude, phase of harmonics 2, 3, 5
+    round: bool
+    defocus: bool
+    n_neurites: int
 
 
-def place_centres(rng: np.random.Generator, n: int, look: CellLineLook, height: int, width: int):
-    """Random centres; neighbours may touch and overlap a little, never sit on each other."""
-    centres: list[tuple[float, float]] = []
-    min_dist = 1.2 * look.radius
-    for _ in range(n * 30):
-        if len(centres) == n:
+def draw_cells(
+    rng: np.random.Generator, look: CellLineLook, n: int, height: int, width: int
+) -> list[Cell]:
+    """Centres (scattered or clustered, never on top of each other) and shape parameters."""
+    n_clusters = max(1, round(n / look.cluster))
+    centres = rng.uniform((-5, -5), (height + 5, width + 5), (n_clusters, 2))
+    spread = look.radius * 1.1 * np.sqrt(look.cluster)
+    cand = centres[rng.integers(0, n_clusters, 3 * n)]
+    if look.cluster > 1:
+        cand = cand + rng.normal(0, spread, cand.shape)
+    else:
+        cand = rng.uniform((-5, -5), (height + 5, width + 5), (3 * n, 2))
+    min_dist = 0.9 * look.radius
+    grid: dict[tuple[int, int], list[tuple[float, float]]] = {}
+    cells: list[Cell] = []
+    for cy, cx in cand:
+        if len(cells) == n:
             break
-        cy, cx = rng.uniform(-5, height + 5), rng.uniform(-5, width + 5)
-        if all((cy - y) ** 2 + (cx - x) ** 2 >= min_dist**2 for y, x in centres):
-            centres.append((cy, cx))
-    return centres
+        if not (-5 <= cy <= height + 5 and -5 <= cx <= width + 5):
+            continue
+        gy, gx = int(cy // min_dist), int(cx // min_dist)
+        near = (
+            p for dy in (-1, 0, 1) for dx in (-1, 0, 1) for p in grid.get((gy + dy, gx + dx), ())
+        )
+        if any((cy - y) ** 2 + (cx - x) ** 2 < min_dist**2 for y, x in near):
+            continue
+        grid.setdefault((gy, gx), []).append((cy, cx))
+        is_round = rng.random() < look.round_frac
+        cells.append(
+            Cell(
+                cy,
+                cx,
+                max(3.0, rng.normal(look.radius, look.radius_sd)) * (0.75 if is_round else 1.0),
+                1.0 if is_round else rng.uniform(1.0, look.elongation),
+                rng.uniform(0, np.pi),
+                np.stack(
+                    [look.irregularity * rng.normal(0, 1, 3), rng.uniform(0, 2 * np.pi, 3)], 1
+                ),
+                is_round,
+                is_round and rng.random() < 0.15,
+                0 if is_round else int(rng.poisson(look.neurites)),
+            )
+        )
+        if is_round and rng.random() < 0.2 and len(cells) < n:  # dividing: a round sibling
+            a = rng.uniform(0, 2 * np.pi)
+            d = 1.9 * cells[-1].radius
+            sib = Cell(**{**cells[-1].__dict__, "defocus": False})
+            sib.cy, sib.cx = cy + d * np.sin(a), cx + d * np.cos(a)
+            cells.append(sib)
+    return cells
+
+
+def claim_pixels(cells: list[Cell], which: list[int], height: int, width: int) -> np.ndarray:
+    """Label image of the cells `which` (-1: background). A pixel goes to the cell whose
+    outline it is inside and that is nearest relative to its size."""
+    best = np.full((height, width), np.inf, np.float32)
+    owner = np.full((height, width), -1, np.int32)
+    k = np.array([2, 3, 5])
+    for i in which:
+        c = cells[i]
+        a, b = c.radius * np.sqrt(c.ratio), c.radius / np.sqrt(c.ratio)
+        reach = a * (1 + np.abs(c.harmonics[:, 0]).sum()) + 1
+        y0, y1 = max(int(c.cy - reach), 0), min(int(c.cy + reach) + 2, height)
+        x0, x1 = max(int(c.cx - reach), 0), min(int(c.cx + reach) + 2, width)
+        if y0 >= y1 or x0 >= x1:
+            continue
+        yy, xx = np.mgrid[y0:y1, x0:x1].astype(np.float32)
+        dy, dx = yy + 0.5 - c.cy, xx + 0.5 - c.cx
+        u = dx * np.cos(c.angle) + dy * np.sin(c.angle)
+        v = -dx * np.sin(c.angle) + dy * np.cos(c.angle)
+        theta = np.arctan2(v / b, u / a)
+        harmonic = c.harmonics[:, :1, None] / k[:, None, None]
+        wobble = 1 + (harmonic * np.cos(k[:, None, None] * theta + c.harmonics[:, 1:, None])).sum(0)
+        nd = np.hypot(u / a, v / b) / np.maximum(wobble, 0.3)
+        box = (slice(y0, y1), slice(x0, x1))
+        win = (nd < 1.0) & (nd < best[box])
+        best[box][win] = nd[win]
+        owner[box][win] = i
+    return owner
+
+
+def grow_neurites(
+    rng: np.random.Generator,
+    cells: list[Cell],
+    owner: np.ndarray,
+    top: np.ndarray,
+    length: float,
+) -> np.ndarray:
+    """Branching random walks from each soma into free space, 2 px wide, claimed by their
+    cell in `owner`; a walk stops at another cell (of either map) or the border. Returns the
+    neurite pixels."""
+    height, width = owner.shape
+    neurite = np.zeros(owner.shape, bool)
+    for i, c in enumerate(cells):
+        walkers = [
+            (c.cy, c.cx, rng.uniform(0, 2 * np.pi), max(6.0, rng.normal(length, length / 3)))
+            for _ in range(c.n_neurites)
+        ]
+        while walkers:
+            y, x, angle, left = walkers.pop()
+            steps, branched = int(left), False
+            for s in range(steps):
+                angle += rng.normal(0, 0.22)
+                y, x = y + np.sin(angle), x + np.cos(angle)
+                iy, ix = int(y), int(x)
+                if not (0 <= iy < height - 1 and 0 <= ix < width - 1):
+                    break
+                patch = owner[iy : iy + 2, ix : ix + 2]
+                if ((patch != -1) & (patch != i)).any() or (
+                    top[iy : iy + 2, ix : ix + 2] != -1
+                ).any():
+                    break
+                if (patch == -1).any():
+                    neurite[iy : iy + 2, ix : ix + 2] |= patch == -1
+                    patch[patch == -1] = i
+                if not branched and s > steps / 3 and rng.random() < 0.02:
+                    branched = True
+                    walkers.append((y, x, angle + rng.choice((-1, 1)) * 0.7, (steps - s) * 0.7))
+    return neurite
+
+
+def outline_polygon(mask: np.ndarray, y0: int, x0: int) -> np.ndarray | None:
+    """The outer outline of a binary mask (its largest 4-connected part, holes filled) as a
+    polygon (N, 2) of (x, y) image coordinates, pixel corners at integers (COCO's)."""
+    labels, n = ndimage.label(mask)
+    if n > 1:
+        mask = labels == 1 + int(np.argmax(ndimage.sum_labels(mask, labels, range(1, n + 1))))
+    mask = ndimage.binary_fill_holes(mask)
+    if mask.sum() < MIN_CELL_PIXELS:
+        return None
+    contours = find_contours(np.pad(mask, 1).astype(np.float32), 0.5)
+    ring = approximate_polygon(max(contours, key=len), tolerance=0.4)[:-1]
+    if len(ring) < 3:
+        return None
+    return np.stack([ring[:, 1] - 0.5 + x0, ring[:, 0] - 0.5 + y0], axis=1)
+
+
+def rasterize(poly: np.ndarray, height: int, width: int) -> tuple[np.ndarray, tuple[slice, slice]]:
+    """The mask pycocotools makes of a polygon, computed in its bounding box only."""
+    x0, y0 = max(int(poly[:, 0].min()) - 1, 0), max(int(poly[:, 1].min()) - 1, 0)
+    x1 = min(int(np.ceil(poly[:, 0].max())) + 1, width)
+    y1 = min(int(np.ceil(poly[:, 1].max())) + 1, height)
+    local = (poly - (x0, y0)).ravel().tolist()
+    rle = mask_utils.merge(mask_utils.frPyObjects([local], y1 - y0, x1 - x0))
+    return mask_utils.decode(rle).astype(bool), (slice(y0, y1), slice(x0, x1))
+
+
+def _smooth_noise(rng: np.random.Generator, shape: tuple[int, int], sigma: float) -> np.ndarray:
+    n = ndimage.gaussian_filter(rng.normal(0, 1, shape).astype(np.float32), sigma)
+    return n / (n.std() + 1e-6)
 
 
 def render_image(
     rng: np.random.Generator, look: CellLineLook, n_cells: int, height: int, width: int
 ) -> tuple[np.ndarray, list[np.ndarray]]:
-    """A uint8 phase-contrast-like image and the polygons (x, y) of its cells (clipped to it)."""
-    yy, xx = np.mgrid[0:height, 0:width]
-    gy, gx = rng.normal(0, 6, 2)
-    background = 128 + gy * (yy / height - 0.5) + gx * (xx / width - 0.5)
-    image = background + ndimage.gaussian_filter(rng.normal(0, 6, (height, width)), 2)
+    """A uint8 phase-contrast-like image and the polygons (x, y) of its cells."""
+    cells = draw_cells(rng, look, n_cells, height, width) if n_cells else []
+    # round cells sit on top of flat ones: the flat cell's mask goes on beneath (overlaps,
+    # as LIVECell's annotations have them); cells of one kind press against each other
+    owner = claim_pixels(cells, [i for i, c in enumerate(cells) if not c.round], height, width)
+    top = claim_pixels(cells, [i for i, c in enumerate(cells) if c.round], height, width)
+    neurite = grow_neurites(rng, cells, owner, top, look.neurite_len)
 
-    polygons, bodies = [], np.zeros((height, width), bool)
-    outline = np.zeros((height, width), bool)
-    for cy, cx in place_centres(rng, n_cells, look, height, width):
-        poly = cell_polygon(rng, look, cy, cx)
-        poly[:, 0] = np.clip(poly[:, 0], 0, width)
-        poly[:, 1] = np.clip(poly[:, 1], 0, height)
-        rr, cc = fill_polygon(poly[:, 1], poly[:, 0], shape=(height, width))
-        if rr.size < 12:  # a sliver at the border: not a cell anyone would annotate
+    flat = np.zeros((height, width), np.float32)  # thickness of flat cells and neurites
+    thick = np.zeros((height, width), np.float32)  # round cells: wider, stronger halo
+    blurred = np.zeros((height, width), np.float32)  # out of focus
+    cytoplasm = np.zeros((height, width), bool)
+    polygons = []
+    flat_boxes, top_boxes = ndimage.find_objects(owner + 1), ndimage.find_objects(top + 1)
+    for i, c in enumerate(cells):
+        labels, boxes = (top, top_boxes) if c.round else (owner, flat_boxes)
+        sl = boxes[i] if i < len(boxes) else None
+        if sl is None:
             continue
-        pad = 2
-        y0, x0 = max(rr.min() - pad, 0), max(cc.min() - pad, 0)
-        y1, x1 = min(rr.max() + pad + 1, height), min(cc.max() + pad + 1, width)
-        mask = np.zeros((y1 - y0, x1 - x0), bool)  # work in the cell's box, not the image
-        mask[rr - y0, cc - x0] = True
-        box = (slice(y0, y1), slice(x0, x1))
-        body = mask & ~bodies[box]  # the cell on top hides what lies beneath
-        image[box][body] -= look.contrast * rng.uniform(0.8, 1.2)
-        nucleus = ndimage.binary_erosion(mask, iterations=max(2, int(look.radius / 3)))
-        image[box][nucleus & body] += look.contrast * 0.35
-        outline[box] |= mask & ~ndimage.binary_erosion(mask)
-        bodies[box] |= mask
+        poly = outline_polygon(labels[sl] == i, sl[0].start, sl[1].start)
+        if poly is None:
+            continue
+        mask, box = rasterize(poly, height, width)
+        if mask.sum() < MIN_CELL_PIXELS:
+            continue
         polygons.append(poly)
-    halo = ndimage.binary_dilation(bodies, iterations=3) & ~bodies
-    image[halo] += 45
-    image[outline] += 30
-    image = ndimage.gaussian_filter(image, 0.8) + rng.normal(0, 3, (height, width))
+        edt = ndimage.distance_transform_edt(np.pad(mask, 1))[1:-1, 1:-1].astype(np.float32)
+        depth = edt / max(float(edt.max()), 1.0)
+        h = look.thickness * rng.uniform(0.7, 1.3)
+        if c.round:
+            # thick: a dark ring and a lighter centre (the phase wraps where the cell is tallest)
+            t = 3.2 * h * np.sqrt(depth) * (1 - 0.55 * depth**2)
+            (blurred if c.defocus else thick)[box] += t * mask
+            continue
+        body = mask & ~neurite[box]
+        t = 0.5 * h * (1 - np.exp(-edt / 1.2))  # a flat lamella with a steep edge
+        t = np.where(edt <= 1, 0.15 * h, t)  # its membrane: a line also between touching cells
+        yy, xx = np.nonzero(body)
+        if yy.size:
+            cy, cx = yy.mean(), xx.mean()
+            rn = 0.45 * np.sqrt(body.sum() / np.pi)
+            gy, gx = np.mgrid[0 : mask.shape[0], 0 : mask.shape[1]]
+            d2 = ((gy - cy) ** 2 + (gx - cx) ** 2) / rn**2
+            t = t + 0.5 * h * np.exp(-d2) * body  # the nucleus
+            for _ in range(rng.integers(1, 4)):  # nucleoli
+                ny, nx = cy + rng.normal(0, rn / 3), cx + rng.normal(0, rn / 3)
+                t = t + 0.25 * h * np.exp(-((gy - ny) ** 2 + (gx - nx) ** 2) / 1.5) * body
+        t = np.where(neurite[box] & mask, 0.5 * h, t)
+        flat[box] += t * mask
+        cytoplasm[box] |= body
+
+    granules = _smooth_noise(rng, (height, width), 0.6)
+    flat += 0.15 * look.texture * look.thickness * granules * cytoplasm
+    debris = np.zeros((height, width), np.float32)
+    for _ in range(rng.integers(3, 30)):
+        y, x = rng.integers(0, height), rng.integers(0, width)
+        debris[y, x] += rng.normal(0, 25)
+    debris = ndimage.gaussian_filter(debris, rng.uniform(0.7, 1.2))
+
+    def highpass(phase, sigma):
+        return phase - ndimage.gaussian_filter(phase, sigma)
+
+    thick += ndimage.gaussian_filter(blurred, 2.0)
+    image = (
+        -55 * highpass(flat, 1.5)
+        - 4 * highpass(flat, 5.0)
+        - 30 * highpass(thick, 2.0)
+        - 15 * highpass(thick, 1.0)
+    )
+    relief = ndimage.gaussian_filter(flat + 0.5 * thick, 1.0)
+    image += 12 * (np.gradient(relief, axis=0) + np.gradient(relief, axis=1))
+    yy, xx = np.mgrid[0:height, 0:width]
+    gy, gx = rng.normal(0, 3, 2)
+    image += gy * (yy / height - 0.5) + gx * (xx / width - 0.5) + debris
+    # LIVECell's frames are flat-field corrected: slow shading is gone, mean grey is 128
+    image -= ndimage.gaussian_filter(image, FLAT_FIELD_SIGMA)
+    # camera noise as measured on the reference frames' background (pixels with no cell
+    # within 4 px): std 1.0, neighbours correlated ~0.15
+    image += _smooth_noise(rng, (height, width), 0.4) + 128
     return np.clip(np.rint(image), 0, 255).astype(np.uint8), polygons
 
 
@@ -128,6 +339,17 @@ def sample_file_name(cell_line: str, index: int) -> str:
     )
 
 
+def _render(job: tuple) -> tuple[str, str, np.ndarray, list[np.ndarray]]:
+    i, child, line, empty, n_lines, height, width = job
+    rng = np.random.default_rng(child)
+    look = LOOKS[line]
+    lo, hi = look.n_cells
+    scale = height * width / LIVECELL_AREA
+    n_cells = 0 if empty else max(1, round(np.exp(rng.uniform(np.log(lo), np.log(hi))) * scale))
+    image, polygons = render_image(rng, look, n_cells, height, width)
+    return sample_file_name(line, i // n_lines), line, image, polygons
+
+
 def generate(
     *,
     n_images: int,
@@ -136,17 +358,28 @@ def generate(
     width: int,
     height: int,
     seed: int,
-):
-    """Yield (file_name, cell_line, image, polygons) for each image, deterministically."""
-    root = np.random.SeedSequence(seed)
-    for i, child in enumerate(root.spawn(n_images)):
-        rng = np.random.default_rng(child)
-        line = cell_lines[i % len(cell_lines)]
-        look = LOOKS[line]
-        empty = i >= n_images - empty_images
-        n_cells = 0 if empty else int(rng.integers(look.n_cells[0], look.n_cells[1] + 1))
-        image, polygons = render_image(rng, look, n_cells, height, width)
-        yield sample_file_name(line, i // len(cell_lines)), line, image, polygons
+    workers: int = 1,
+) -> Iterator[tuple[str, str, np.ndarray, list[np.ndarray]]]:
+    """Yield (file_name, cell_line, image, polygons) for each image, in order and the same for
+    any number of `workers` (each image has its own seeded generator)."""
+    children = np.random.SeedSequence(seed).spawn(n_images)
+    jobs = [
+        (
+            i,
+            child,
+            cell_lines[i % len(cell_lines)],
+            i >= n_images - empty_images,
+            len(cell_lines),
+            height,
+            width,
+        )
+        for i, child in enumerate(children)
+    ]
+    if workers <= 1:
+        yield from map(_render, jobs)
+        return
+    with ProcessPoolExecutor(min(workers, os.cpu_count() or 1)) as pool:
+        yield from pool.map(_render, jobs)
 
 
 def polygon_annotation(ann_id: int, image_id: int, poly: np.ndarray) -> dict:
@@ -175,9 +408,11 @@ def write_livecell_root(
     progress: bool = False,
 ) -> dict[str, Any]:
     """Write generated samples (`generate`'s output) into `out` as a LIVECell data root;
-    image i goes to the split `splits[i % len(splits)]`. Returns the counts written."""
+    image i goes to the split `splits[i % len(splits)]`. Returns the counts written, also per
+    cell line."""
     docs: dict[str, tuple[list[dict], list[dict]]] = {s: ([], []) for s in ("train", "val", "test")}
     next_ann_id, n_images = 1, 0
+    per_line: dict[str, list[int]] = {}
     bar = tqdm(samples, total=total, desc="sample", unit="img", disable=not progress)
     for i, (name, line, image, polygons) in enumerate(bar):
         split = splits[i % len(splits)]
@@ -191,6 +426,7 @@ def write_livecell_root(
         for poly in polygons:
             anns.append(polygon_annotation(next_ann_id, image_id, poly))
             next_ann_id += 1
+        per_line.setdefault(line, []).append(len(polygons))
     for split, (imgs, anns) in docs.items():
         write_coco(out / "annotations" / f"livecell_coco_{split}.json", imgs, anns)
-    return {"images": n_images, "cells": next_ann_id - 1}
+    return {"images": n_images, "cells": next_ann_id - 1, "cells_per_image": per_line}
