@@ -8,7 +8,7 @@ How an image is made (`render_image`), each step drawn per cell line from `LOOKS
    (epithelial lines); some round cells come in dividing pairs.
 2. Shapes: each cell claims the pixels inside its radial outline (ellipse with harmonic
    wobble); where outlines meet, the cell nearer relative to its size wins, so crowded cells
-   press into polygons as in a confluent monolayer. Neurites (SH-SY5Y, some A172 and BV2)
+   press into polygons as in a confluent monolayer. Neurites (SH-SY5Y; a few in A172, BV2, SK-OV-3)
    grow as branching random walks from the soma into free space and belong to their cell's
    mask, as LIVECell annotates them.
 3. Annotation: the outline of each cell's mask becomes its polygon, and the mask is
