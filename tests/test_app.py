@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import tifffile
 import torch
+from PIL import Image
 
 from livecellseg.app import (
     MAX_SCORE,
@@ -104,6 +105,8 @@ def test_segment_returns_what_the_segment_tab_shows(setup, tmp_path):
     view = seg.view(seg.predict(image, ckpt, "whole"), 0.3)
     assert result.count == view.count > 0 and result.mean_area == round(view.mean_area, 1)
     np.testing.assert_array_equal(result.overlay, view.overlay)
+    # what the page shows: a file written by rename, not an array Gradio writes in place
+    np.testing.assert_array_equal(np.asarray(Image.open(result.overlay_png)), view.overlay)
     assert result.summary.startswith(f"**{view.count} cells** above score 0.30 · mean area")
     assert "176x130 px · whole" in result.summary
     assert result.histogram["cells"].sum() == view.count and result.notes == []
@@ -364,7 +367,7 @@ def test_twenty_concurrent_clients_through_the_api(setup, app_url, tmp_path):
     results = run_round(app_url, [*images, junk], 20, 20, "custom (best val F1)", "whole", 0.3)
     assert len(results) == 20
     errors = [r for r in results if "error" in r]
-    assert {r["image"] for r in errors} == {"junk.tif"} and len(errors) == 4
+    assert {r["image"] for r in errors} == {"junk.tif"} and len(errors) == 4, errors
     assert all("cannot be read as an image" in r["error"] for r in errors), errors[0]
     for r in results:
         if "cells" in r:

@@ -38,7 +38,14 @@ from livecellseg.predict import Predictor, write_segmentation
 from livecellseg.runtime import pick_device
 from livecellseg.settings import Mode
 from livecellseg.stitch import ImageDetections
-from livecellseg.visualize import PRED_COLOUR, CellPixels, cell_pixels, draw_outlines, gray_to_rgb
+from livecellseg.visualize import (
+    PRED_COLOUR,
+    CellPixels,
+    cell_pixels,
+    draw_outlines,
+    gray_to_rgb,
+    save_png,
+)
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -240,6 +247,7 @@ class Segmentation:
     """What the Segment tab shows for one request."""
 
     overlay: np.ndarray  # RGB, the kept cells outlined
+    overlay_png: Path  # the same, written atomically (what the page shows; see segment)
     count: int
     mean_area: float  # px², to 0.1
     summary: str  # markdown
@@ -269,6 +277,10 @@ def segment(
     key = f"{source}|{checkpoint_label}|{mode}|{score:.2f}".encode()
     out = work / hashlib.sha1(key).hexdigest()[:16]
     prediction, view, downloads, notes = respond(segmenter, source, checkpoint, mode, score, out)
+    # the page gets a file we write by rename: for an array Gradio writes its cached PNG in
+    # place, so two sessions showing the same overlay could truncate it under a download
+    overlay_png = out / "overlay.png"
+    save_png(overlay_png, view.overlay)
     h, w = prediction.image.shape
     summary = (
         f"**{view.count} cells** above score {score:.2f} · mean area {view.mean_area:.0f} px² · "
@@ -276,6 +288,7 @@ def segment(
     )
     return Segmentation(
         overlay=view.overlay,
+        overlay_png=overlay_png,
         count=view.count,
         mean_area=round(view.mean_area, 1),
         summary=summary,
@@ -330,7 +343,14 @@ def _gradio_adapters(
         for note in r.notes:
             gr.Warning(html.escape(note))
         bars = gr.BarPlot(value=r.histogram, sort=list(r.histogram[AREA_BIN]))
-        return r.overlay, r.count, r.mean_area, r.summary, bars, [str(p) for p in r.downloads]
+        return (
+            str(r.overlay_png),
+            r.count,
+            r.mean_area,
+            r.summary,
+            bars,
+            [str(p) for p in r.downloads],
+        )
 
     def control(source, *rest):  # a control moved: nothing to redo before an image
         return segment_(source, *rest) if source else gr.skip()  # one skip() skips every output
