@@ -54,11 +54,15 @@ def tiles_of(image: np.ndarray) -> list[np.ndarray]:
     ]
 
 
+def power_spectrum(tile: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The mean-removed tile's power spectrum (centred) and each entry's radial frequency."""
+    f = np.abs(np.fft.fftshift(np.fft.fft2(tile - tile.mean()))) ** 2
+    return f, np.hypot(*(np.indices(f.shape) - TILE // 2))
+
+
 def radial_spectrum(tile: np.ndarray, bands: int = 8) -> np.ndarray:
     """Share of the (mean-removed) power in log-spaced radial frequency bands."""
-    f = np.abs(np.fft.fftshift(np.fft.fft2(tile - tile.mean()))) ** 2
-    yy, xx = np.indices(f.shape) - TILE // 2
-    r = np.hypot(yy, xx)
+    f, r = power_spectrum(tile)
     edges = np.geomspace(1, TILE // 2, bands + 1)
     power = np.array(
         [f[(r >= a) & (r < b)].sum() for a, b in zip(edges[:-1], edges[1:], strict=True)]
@@ -84,8 +88,8 @@ def features(tile: np.ndarray) -> np.ndarray:
 
 def spectral_slope(tile: np.ndarray) -> float:
     """Slope of log mean power against log frequency, 2 to 32 cycles per tile."""
-    f = np.abs(np.fft.fftshift(np.fft.fft2(tile - tile.mean()))) ** 2
-    r = np.rint(np.hypot(*(np.indices(f.shape) - TILE // 2))).astype(int)
+    f, r = power_spectrum(tile)
+    r = np.rint(r).astype(int)
     radii = np.arange(2, 33)
     power = ndimage.mean(f, labels=r, index=radii)
     return float(np.polyfit(np.log(radii), np.log(power), 1)[0])
