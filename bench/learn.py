@@ -1,12 +1,19 @@
-"""Benchmark: do the models learn? Train both on the sample with a longer CPU profile, then
-segment the test images (stitched, and whole-image for comparison) and print test
-F1/mIoU/AP per model and mode as JSON.
+"""Benchmark: how well and how fast do the models learn? Train on the tiles with a profile,
+then segment the test images as stitch_predict does and print, per model, the wall time of
+training and of prediction, val F1 per epoch against wall time (the learning curve) and the
+test metrics (P/R/F1/mIoU, mask AP) as JSON.
 
-The profile (below, or --set section.key=value) is params.yaml with more tiles and epochs;
-outputs go to a temporary directory, the project's models and metrics are not touched.
-Needs the tile stage's output (dvc repro tile). Target on the sample: F1 >= 0.8 for one model.
+Profiles: `default` is params.yaml as it is (what `dvc repro` trains); `long` trains longer
+(LONG below). `--set section.key=value` overrides either. Outputs go to a temporary
+directory; the project's models and metrics are not touched. Needs the tile stage's output
+(dvc repro tile).
 
-    python bench/learn.py [--models transfer custom] [--set custom.epochs=6 ...] [--keep DIR]
+    python bench/learn.py [--profile default|long] [--models custom transfer]
+                          [--set transfer.scratch_norm=group ...] [--bf16 auto|force]
+                          [--threads N] [--whole] [--out FILE] [--keep DIR]
+
+`--bf16 force` runs bfloat16 autocast on a CPU without native bfloat16 too (oneDNN emulates
+it): to measure what it costs there. `auto` uses it only where the CPU has it (train.amp).
 """
 
 from __future__ import annotations
@@ -21,27 +28,43 @@ from pathlib import Path
 
 import yaml
 
-# On 2 CPU cores: custom 27 min (measured: test F1 0.98 on the sample); transfer about as
-# long (estimated: 5 epochs of 160 tiles at ~1.5 s per tile).
-PROFILE = {
-    "train": {"max_tiles_per_epoch": 160, "max_val_tiles": 32, "warmup_steps": 50},
-    "transfer": {"epochs_frozen": 2, "epochs_unfrozen": 3},
-    "custom": {"epochs": 4, "lr": 3e-4, "step_size": 4},
+LONG = {  # 2 CPU cores: about twice the default profile's training time
+    "train": {"max_tiles_per_epoch": 200},
+    "transfer": {"epochs_frozen": 6, "epochs_unfrozen": 2},
+    "custom": {"epochs": 8, "step_size": 6},
 }
+
+
+def learning_curve(live: Path) -> list[dict]:
+    """Per epoch: wall seconds since training started (validation included) and val F1."""
+    series = {}
+    for key in ("wall_s", "val_f1", "val_precision", "val_recall"):
+        rows = (live / f"plots/metrics/epoch/{key}.tsv").read_text().splitlines()[1:]
+        series[key] = [float(row.split("\t")[-1]) for row in rows]
+    return [
+        {"epoch": i + 1} | {k: round(v[i], 4) for k, v in series.items()}
+        for i in range(len(series["val_f1"]))
+    ]
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--profile", choices=["default", "long"], default="default")
     p.add_argument("--models", nargs="+", default=["custom", "transfer"])
     p.add_argument("--set", nargs="*", default=[], help="section.key=value overrides")
+    p.add_argument("--bf16", choices=["auto", "force"], default="auto")
+    p.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
+    p.add_argument("--whole", action="store_true", help="also segment whole images")
     p.add_argument("--tiles", type=Path, default=Path("data/tiles"))
     p.add_argument("--split", type=Path, default=Path("data/split/test.json"))
     p.add_argument("--images", type=Path, default=Path("data/subset/images"))
+    p.add_argument("--out", type=Path, help="also write the JSON here")
     p.add_argument("--keep", type=Path, help="copy each trained model here as <model>.pt")
     args = p.parse_args()
 
     import torch
 
+    from livecellseg import runtime
     from livecellseg.config import parse_params
     from livecellseg.evaluation import evaluate
     from livecellseg.images import read_gray
@@ -49,9 +72,14 @@ def main() -> None:
     from livecellseg.runtime import pick_device
     from livecellseg.training import train_model
 
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.bf16 == "force":
+        runtime.cpu_has_bf16 = lambda: True  # autocast_dtype reads it at call time
     raw = yaml.safe_load(Path("params.yaml").read_text())
-    for section, values in PROFILE.items():
-        raw[section].update(values)
+    if args.profile == "long":
+        for section, values in LONG.items():
+            raw[section].update(values)
     for item in args.set:
         key, value = item.split("=", 1)
         section, name = key.split(".", 1)
@@ -59,7 +87,15 @@ def main() -> None:
     params = parse_params(raw)
     gt = json.loads(args.split.read_text())
     device = pick_device(params.train.device)
-    report = {"benchmark": "learn", "profile": PROFILE, "overrides": args.set}
+    report = {
+        "benchmark": "learn",
+        "profile": args.profile,
+        "overrides": args.set,
+        "bf16": args.bf16,
+        "autocast": str(runtime.autocast_dtype(device, params.train.amp)),
+        "threads": torch.get_num_threads(),
+        "device": str(device),
+    }
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.models:
             out = Path(tmp) / name
@@ -74,8 +110,6 @@ def main() -> None:
                 resume=False,
             )
             train_s = time.perf_counter() - t
-            rows = (out / "live/plots/metrics/epoch/val_f1.tsv").read_text().splitlines()
-            val_f1 = [float(row.split("\t")[-1]) for row in rows[1:]]
             if args.keep:
                 args.keep.mkdir(parents=True, exist_ok=True)
                 shutil.copy(out / "best.pt", args.keep / f"{name}.pt")
@@ -83,9 +117,10 @@ def main() -> None:
             report[name] = {
                 "pretrained": summary["pretrained"],
                 "train_s": round(train_s),
-                "val_f1_per_epoch": val_f1,
+                "best_epoch": summary["best_epoch"],
+                "epochs": learning_curve(out / "live"),
             }
-            for mode in ("stitched", "whole"):  # the same model, both ways of segmenting
+            for mode in ("stitched", "whole") if args.whole else ("stitched",):
                 results = []
                 t = time.perf_counter()
                 for im in gt["images"]:
@@ -100,13 +135,21 @@ def main() -> None:
                 )
                 report[name][mode] = {
                     "test": {k: round(v, 4) for k, v in metrics["overall"].items()},
-                    "predict_s_per_image": round(predict_s / len(gt["images"]), 2),
+                    "per_cell_line_f1": {
+                        group: round(m["f1"], 3)
+                        for group, m in metrics.items()
+                        if group != "overall"
+                    },
+                    "predict_s": round(predict_s),
                 }
-            print(f"{name}: {report[name]}", file=sys.stderr)
+            print(f"{name}: {json.dumps(report[name])}", file=sys.stderr, flush=True)
             del predict
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
-    print(json.dumps(report, indent=2))
+    text = json.dumps(report, indent=2)
+    if args.out:
+        args.out.write_text(text + "\n")
+    print(text)
 
 
 if __name__ == "__main__":

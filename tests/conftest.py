@@ -161,14 +161,21 @@ def default_model_settings():
     return inference_settings(p.model, p.stitch), sampling_settings(p.model)
 
 
-def build(name: str, **inference):
-    """build_model with params.yaml's settings, inference settings overridden by keyword."""
+def build(name: str, *, pretrained_layout: bool = False, norm: str = "batch", **inference):
+    """build_model with params.yaml's settings, inference settings overridden by keyword
+    (the transfer model: untrained layout, or the COCO one with `pretrained_layout`)."""
     from dataclasses import replace
 
     from livecellseg.models import build_model
 
     infer, sampling = default_model_settings()
-    return build_model(name, inference=replace(infer, **inference), sampling=sampling)[0]
+    return build_model(
+        name,
+        inference=replace(infer, **inference),
+        sampling=sampling,
+        pretrained_layout=pretrained_layout,
+        norm=norm,
+    )[0]
 
 
 TINY_MODEL = {  # an untrained tiny model at inference: small input scale and budgets
@@ -187,9 +194,12 @@ def tiny_params(raw: dict, **model):
     return parse_params(copy.deepcopy(raw) | {"model": dict(raw["model"]) | TINY_MODEL | model})
 
 
-def save_tiny_checkpoint(path: Path, raw: dict, name: str = "custom", seed: int = 0) -> Path:
+def save_tiny_checkpoint(
+    path: Path, raw: dict, name: str = "custom", seed: int = 0, *, pretrained: bool = False
+) -> Path:
     """An untrained model's checkpoint, tiny at inference (small input scale and budgets),
-    in the training stage's format: what the CLI and the app load."""
+    in the training stage's format: what the CLI and the app load. `pretrained`: as if
+    trained from COCO weights (the transfer model's COCO layout)."""
     import torch
 
     from livecellseg.checkpoint import FORMAT
@@ -202,6 +212,8 @@ def save_tiny_checkpoint(path: Path, raw: dict, name: str = "custom", seed: int 
         name,
         inference=inference_settings(params.model, params.stitch),
         sampling=sampling_settings(params.model),
+        pretrained_layout=pretrained,
+        norm=params.transfer.scratch_norm,
     )
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save(
@@ -212,7 +224,7 @@ def save_tiny_checkpoint(path: Path, raw: dict, name: str = "custom", seed: int 
             "optimizer": {},
             "epoch": 1,
             "params": recorded_params(name, params),
-            "run": {"pretrained": False, "data": "none"},
+            "run": {"pretrained": pretrained, "data": "none"},
             "val": {"f1": 0.0},
         },
         path,

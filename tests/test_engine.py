@@ -102,10 +102,15 @@ def test_transfer_two_phases_offline(tiles, tmp_path, raw_params):
     params = tiny_train_params(raw_params)
     summary = _train(tiles, tmp_path, params, name="transfer")
     assert summary["pretrained"] is False
-    assert summary["params"]["all_total"] == 43_922_395
-    assert summary["params"]["all_trainable"] == 43_699_995  # after phase 2 unfroze it
+    # no COCO weights: the untrained layout, everything trained in both phases
+    assert summary["params"]["all_total"] == 43_975_515
+    assert summary["params"]["all_trainable"] == 43_975_515
     ckpt = torch.load(tmp_path / "transfer_last.pt", weights_only=True)
     assert ckpt["phase"] == 1 and ckpt["epoch"] == 2
+    assert ckpt["run"]["pretrained"] is False
+    lrs = (tmp_path / "live/plots/metrics/epoch/lr.tsv").read_text().splitlines()[1:]
+    phase1, phase2 = (float(row.split("\t")[-1]) for row in lrs)
+    assert phase2 == pytest.approx(phase1 * params["transfer"]["unfrozen_lr_ratio"])
 
 
 def test_non_finite_loss_stops_with_a_message():

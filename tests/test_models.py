@@ -2,19 +2,22 @@ import urllib.error
 
 import pytest
 import torch
+from torch import nn
 from torchvision.models.detection.mask_rcnn import MaskRCNN_ResNet50_FPN_Weights
+from torchvision.ops import FrozenBatchNorm2d
 
 from livecellseg.errors import LivecellsegError
 from livecellseg.models import build_model, parameter_table, set_backbone_frozen
 from livecellseg.models.cbam import CBAM
-from tests.conftest import build, default_model_settings
+from livecellseg.settings import fit_config
+from tests.conftest import build, default_model_settings, default_params
 
 SETTINGS = dict(zip(("inference", "sampling"), default_model_settings(), strict=True))
 
 
 @pytest.fixture(scope="module")
 def transfer():
-    return build("transfer")
+    return build("transfer", pretrained_layout=True)  # as built for the COCO weights
 
 
 @pytest.fixture(scope="module")
@@ -28,6 +31,31 @@ def test_transfer_parameter_counts(transfer):
     assert parameter_table(transfer)["all"]["trainable"] == 16_529_164
     set_backbone_frozen(transfer, False)
     assert parameter_table(transfer)["all"]["trainable"] == 43_699_995
+
+
+@pytest.mark.parametrize("norm, layer", [("batch", nn.BatchNorm2d), ("group", nn.GroupNorm)])
+def test_transfer_without_weights_is_built_as_torchvision_builds_it(norm, layer):
+    """No COCO weights: trainable normalisation and every stage trainable (as
+    maskrcnn_resnet50_fpn(weights=None, weights_backbone=None)); frozen only with weights."""
+    model = build("transfer", norm=norm)
+    assert parameter_table(model)["all"] == {"total": 43_975_515, "trainable": 43_975_515}
+    assert [type(m) for m in _norms(model)] == [layer] * 53
+    coco = build("transfer", pretrained_layout=True)
+    assert [type(m) for m in _norms(coco)] == [FrozenBatchNorm2d] * 53
+
+
+def _norms(model):
+    kinds = nn.BatchNorm2d | nn.GroupNorm | FrozenBatchNorm2d
+    return [m for m in model.backbone.body.modules() if isinstance(m, kinds)]
+
+
+@pytest.mark.parametrize("pretrained", [True, False])
+def test_transfer_phases_freeze_only_a_pretrained_backbone(pretrained):
+    params = default_params()
+    cfg = fit_config("transfer", params, pretrained=pretrained)
+    frozen = [p.frozen_backbone for p in cfg.phases]
+    assert frozen == ([True, False] if pretrained else [None, None])
+    assert cfg.phases[1].lr == pytest.approx(cfg.phases[0].lr * params.transfer.unfrozen_lr_ratio)
 
 
 def test_custom_parameter_counts(custom):
@@ -107,13 +135,13 @@ def test_coco_weights_offline_fall_back_loudly(monkeypatch, caplog):
     model, pretrained = build_model("transfer", weights="coco", **SETTINGS)
     assert pretrained is False
     assert "could not be downloaded" in caplog.text and "pretrained: false" in caplog.text
+    assert parameter_table(model)["all"]["trainable"] == 43_975_515  # the untrained layout
 
 
 def test_coco_weights_from_the_local_cache(tmp_path, monkeypatch):
     """torchvision finds the COCO file in $TORCH_HOME/hub/checkpoints and loads it, offline."""
-    coco = build_model("transfer", num_classes=91, **SETTINGS)[
-        0
-    ]  # stands in for the real COCO weights
+    # stands in for the real COCO weights
+    coco = build_model("transfer", num_classes=91, pretrained_layout=True, **SETTINGS)[0]
     with torch.no_grad():
         for p in coco.parameters():
             p.uniform_(-0.01, 0.01)

@@ -1,6 +1,7 @@
 """Predictor on a tiny untrained model: full-image outputs in both modes, COCO results, errors."""
 
 import contextlib
+import copy
 import io
 from dataclasses import replace
 
@@ -8,6 +9,8 @@ import numpy as np
 import pytest
 import torch
 from pycocotools.coco import COCO
+from torch import nn
+from torchvision.ops import FrozenBatchNorm2d
 
 from livecellseg.checkpoint import FORMAT
 from livecellseg.errors import LivecellsegError
@@ -85,6 +88,26 @@ def test_load_model_rejects_a_checkpoint_of_the_other_model(tmp_path, raw_params
     torch.save({"format": FORMAT, "name": "unet", "model": {}}, tmp_path / "y.pt")
     with pytest.raises(LivecellsegError, match="names no known model"):
         load_model(tmp_path / "y.pt", torch.device("cpu"))
+
+
+@pytest.mark.parametrize(
+    "pretrained, norm, layer",
+    [
+        (True, "batch", FrozenBatchNorm2d),
+        (False, "batch", nn.BatchNorm2d),
+        (False, "group", nn.GroupNorm),
+    ],
+)
+def test_a_transfer_checkpoint_loads_in_the_layout_it_was_trained_in(
+    tmp_path, raw_params, pretrained, norm, layer
+):
+    raw = copy.deepcopy(raw_params)
+    raw["transfer"]["scratch_norm"] = norm
+    path = save_tiny_checkpoint(tmp_path / "t.pt", raw, "transfer", pretrained=pretrained)
+    model, ckpt, _ = load_model(path, torch.device("cpu"), expect="transfer")
+    kinds = nn.BatchNorm2d | nn.GroupNorm | FrozenBatchNorm2d
+    found = {type(m) for m in model.backbone.body.modules() if isinstance(m, kinds)}
+    assert found == {layer} and ckpt["run"]["pretrained"] is pretrained
 
 
 def test_rpn_score_threshold_prunes_proposals_before_the_heads(image):

@@ -137,7 +137,7 @@ class TrainConfig:
     """Shared by both training stages."""
 
     device: Literal["auto", "cpu", "cuda"]
-    amp: bool  # mixed precision on CUDA (ignored on CPU)
+    amp: bool  # autocast: float16 on CUDA, bfloat16 on a CPU with native bf16, else off
     warmup_steps: int
     grad_clip: float  # max gradient norm; 0 = off
     max_tiles_per_epoch: int  # 0 = all training tiles each epoch
@@ -156,6 +156,7 @@ class TrainConfig:
 @dataclass(frozen=True)
 class TransferConfig:
     weights: str  # "coco" | "none" | path to a COCO-layout state dict
+    scratch_norm: Literal["batch", "group"]  # normalisation of the untrained layout (no weights)
     epochs_frozen: int
     epochs_unfrozen: int
     unfrozen_lr_ratio: float  # phase-2 lr = model.lr * this

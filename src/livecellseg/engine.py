@@ -36,7 +36,14 @@ from livecellseg.errors import LivecellsegError
 from livecellseg.io import remove_stale_temps
 from livecellseg.metrics import DetectionCounts
 from livecellseg.models import inference_applied, inference_of, set_backbone_frozen
-from livecellseg.runtime import Runtime, is_main, peak_memory_bytes, seed_everything, start_runtime
+from livecellseg.runtime import (
+    Runtime,
+    autocast_dtype,
+    is_main,
+    peak_memory_bytes,
+    seed_everything,
+    start_runtime,
+)
 from livecellseg.settings import FitConfig, Phase
 from livecellseg.trainlog import TrainingLog
 
@@ -179,10 +186,13 @@ def fit(
     rt = start_runtime(cfg.device)
     seed_everything(cfg.seed)
     run = Run(name, model.to(rt.device), cfg, rt, identity, best_path, last_path)
-    run.scaler = torch.amp.GradScaler("cuda") if cfg.amp and rt.device.type == "cuda" else None
+    amp_dtype = autocast_dtype(rt.device, cfg.amp)
+    run.scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None
+    if amp_dtype is not None:
+        log.info("mixed precision: %s autocast on %s", amp_dtype, rt.device)
     run.resume(resume)
     trainlog = TrainingLog(live_dir, resumed=run.resumed is not None, enabled=rt.is_main)
-    phase, step = None, 0
+    phase, step, started = None, 0, time.perf_counter()
     for epoch in range(run.epoch, cfg.epochs):
         run.epoch = epoch
         loader = _epoch_loader(train_set, cfg, epoch, rt)
@@ -206,6 +216,7 @@ def fit(
             loader,
             rt.device,
             scaler=run.scaler,
+            amp_dtype=amp_dtype,
             grad_clip=cfg.grad_clip,
             on_step=log_batch,
             desc=f"{name} epoch {epoch + 1}/{cfg.epochs}",
@@ -213,7 +224,8 @@ def fit(
         seconds = time.perf_counter() - t0
         if rt.is_main:
             val, improved = run.validate(val_set)
-            _log_epoch(trainlog, run, phase, stats, val, seconds)  # before the checkpoint
+            wall = time.perf_counter() - started  # training and validation, this process
+            _log_epoch(trainlog, run, phase, stats, val, seconds, wall)  # before the checkpoint
             run.save(phase, val, improved)  # a kill between the two: trimmed and redone
         rt.barrier()
         run.resumed = None
@@ -254,7 +266,9 @@ def _epoch_loader(train_set: TileDataset, cfg: FitConfig, epoch: int, rt: Runtim
     )
 
 
-def _log_epoch(trainlog: TrainingLog, run: Run, phase: TrainingPhase, stats, val, seconds) -> None:
+def _log_epoch(
+    trainlog: TrainingLog, run: Run, phase: TrainingPhase, stats, val, seconds, wall
+) -> None:
     trainlog.epoch(
         run.epoch + 1,
         {f"train_{k}": v for k, v in stats.items()}
@@ -262,6 +276,7 @@ def _log_epoch(trainlog: TrainingLog, run: Run, phase: TrainingPhase, stats, val
         | {
             "lr": phase.optimizer.param_groups[0]["lr"],
             "time_s": seconds,
+            "wall_s": wall,
             "peak_memory_mb": peak_memory_bytes(run.rt.device) / 2**20,
         },
     )
@@ -293,6 +308,7 @@ def train_one_epoch(
     device,
     *,
     scaler,
+    amp_dtype: torch.dtype | None = None,
     grad_clip: float,
     on_step=None,
     desc: str = "train",
@@ -305,7 +321,7 @@ def train_one_epoch(
     for images, targets in bar:
         images = [im.to(device, non_blocking=True) for im in images]
         targets = [{k: v.to(device, non_blocking=True) for k, v in t.items()} for t in targets]
-        with torch.autocast(device.type, enabled=scaler is not None):
+        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
             losses = model(images, targets)
         loss = sum(losses.values())
         if not math.isfinite(loss.item()):

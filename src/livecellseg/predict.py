@@ -22,6 +22,7 @@ from livecellseg.errors import ConfigError, LivecellsegError
 from livecellseg.images import write_labels
 from livecellseg.io import write_json
 from livecellseg.models import MODEL_NAMES, apply_inference, build_model, inference_applied
+from livecellseg.runtime import autocast_dtype
 from livecellseg.settings import Mode, PredictSettings, settings_of_checkpoint
 from livecellseg.stitch import ImageDetections, StitchCounts, TileDetections, stitch, whole_image
 from livecellseg.tiling import tile_windows
@@ -53,7 +54,7 @@ def load_model(
             f"{path}: checkpoint does not record the settings it was trained with; retrain "
             "it with this livecellseg (dvc repro)"
         ) from None
-    model, _ = build_model(name, inference=settings.inference, sampling=sampling)
+    model, _ = build_model(name, inference=settings.inference, sampling=sampling, **layout(ckpt))
     try:
         model.load_state_dict(ckpt["model"])
     except RuntimeError:
@@ -62,6 +63,16 @@ def load_model(
             "architecture or version); retrain or pass the right checkpoint"
         ) from None
     return model.to(device).eval(), ckpt, settings
+
+
+def layout(ckpt: dict) -> dict:
+    """build_model's layout arguments for a checkpoint: the transfer model trained from COCO
+    weights keeps their layout; one trained without has its recorded normalisation."""
+    run, recorded = ckpt.get("run") or {}, (ckpt.get("params") or {}).get("transfer") or {}
+    return {
+        "pretrained_layout": bool(run.get("pretrained")),
+        "norm": recorded.get("scratch_norm", "batch"),
+    }
 
 
 class Predictor:
@@ -112,8 +123,8 @@ class Predictor:
         """Model outputs for a batch of gray images: bool masks (n, h, w) and scores."""
         batch = [gray_to_tensor(im).to(self.device, non_blocking=True) for im in images]
         s = self.settings.stitch
-        amp = s.amp and self.device.type == "cuda"
-        with torch.autocast(self.device.type, dtype=torch.float16, enabled=amp):
+        dtype = autocast_dtype(self.device, s.amp)
+        with torch.autocast(self.device.type, dtype=dtype, enabled=dtype is not None):
             outputs = self.model(batch)
         return [
             TileDetections(

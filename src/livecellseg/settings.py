@@ -72,7 +72,7 @@ class StitchSettings:
     min_owned: float
     nms_iou: float
     batch_size: int  # tiles per forward pass
-    amp: bool  # float16 autocast on CUDA (ignored on CPU)
+    amp: bool  # autocast (runtime.autocast_dtype): float16 on CUDA, bfloat16 on a bf16 CPU
 
     @property
     def tile_to_image(self) -> float:
@@ -164,8 +164,13 @@ def predict_settings(params: Params) -> PredictSettings:
     )
 
 
-def phases(name: str, params: Params) -> tuple[tuple[Phase, ...], int]:
-    """The phases and batch size of a model's training."""
+def phases(name: str, params: Params, pretrained: bool) -> tuple[tuple[Phase, ...], int]:
+    """The phases and batch size of a model's training.
+
+    The transfer model from COCO weights trains its heads on a frozen backbone, then the
+    backbone too. Without weights a frozen random backbone would teach the heads nothing:
+    both phases train everything, phase 2 at the lower learning rate (a step decay).
+    """
     if name == "transfer":
         t = params.transfer
         common = {
@@ -176,11 +181,16 @@ def phases(name: str, params: Params) -> tuple[tuple[Phase, ...], int]:
             "gamma": 1.0,
         }
         return (
-            Phase(epochs=t.epochs_frozen, lr=params.model.lr, frozen_backbone=True, **common),
+            Phase(
+                epochs=t.epochs_frozen,
+                lr=params.model.lr,
+                frozen_backbone=True if pretrained else None,
+                **common,
+            ),
             Phase(
                 epochs=t.epochs_unfrozen,
                 lr=params.model.lr * t.unfrozen_lr_ratio,
-                frozen_backbone=False,
+                frozen_backbone=False if pretrained else None,
                 **common,
             ),
         ), t.batch_size
@@ -199,8 +209,8 @@ def phases(name: str, params: Params) -> tuple[tuple[Phase, ...], int]:
     ), c.batch_size
 
 
-def fit_config(name: str, params: Params) -> FitConfig:
-    model_phases, batch_size = phases(name, params)
+def fit_config(name: str, params: Params, *, pretrained: bool = False) -> FitConfig:
+    model_phases, batch_size = phases(name, params, pretrained)
     tr = params.train
     return FitConfig(
         phases=tuple(p for p in model_phases if p.epochs > 0),

@@ -31,19 +31,20 @@ def train_model(
     resume: bool = True,
 ) -> dict:
     """Train model `name` on tiles/{train,val}; checkpoints to best/last; dvclive to live_dir."""
-    cfg = fit_config(name, params)
-    train_set = TileDataset(
-        tiles / "train.json", tiles / "train", augmentation=cfg.augmentation, seed=params.seed
-    )
-    val_set = TileDataset(
-        tiles / "val.json", tiles / "val", seed=params.seed, limit=cfg.max_val_tiles
-    )
     seed_everything(params.seed)  # the initial weights too
     model, pretrained = build_model(
         name,
         inference=inference_settings(params.model, params.stitch),
         sampling=sampling_settings(params.model),
         weights=params.transfer.weights if name == "transfer" else "none",
+        norm=params.transfer.scratch_norm,
+    )
+    cfg = fit_config(name, params, pretrained=pretrained)  # the phases depend on the layout
+    train_set = TileDataset(
+        tiles / "train.json", tiles / "train", augmentation=cfg.augmentation, seed=params.seed
+    )
+    val_set = TileDataset(
+        tiles / "val.json", tiles / "val", seed=params.seed, limit=cfg.max_val_tiles
     )
     identity = {
         "params": recorded_params(name, params),

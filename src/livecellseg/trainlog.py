@@ -13,7 +13,11 @@ from pathlib import Path
 from livecellseg.io import atomic_path
 from livecellseg.models import parameter_table
 
-VARYING = ("time_s", "peak_memory_mb")  # differ between runs: plotted, kept out of metrics.json
+VARYING = (
+    "time_s",
+    "wall_s",
+    "peak_memory_mb",
+)  # differ between runs: plotted, kept out of metrics.json
 
 
 class TrainingLog:

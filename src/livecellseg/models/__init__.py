@@ -10,9 +10,9 @@ from livecellseg.models.build import (
     build_model,
     inference_applied,
     inference_of,
-    load_transfer_weights,
     parameter_table,
     set_backbone_frozen,
+    transfer_weights,
 )
 
 __all__ = [
@@ -21,7 +21,7 @@ __all__ = [
     "build_model",
     "inference_applied",
     "inference_of",
-    "load_transfer_weights",
     "parameter_table",
     "set_backbone_frozen",
+    "transfer_weights",
 ]

@@ -73,23 +73,34 @@ def inference_applied(model: MaskRCNN, s: InferenceSettings) -> Iterator[None]:
         apply_inference(model, saved)
 
 
+TRANSFER_NORMS = ("batch", "group")
+
+
 def build_model(
     name: str,
     *,
     inference: InferenceSettings,
     sampling: SamplingSettings,
     weights: str = "none",
+    pretrained_layout: bool = False,
+    norm: str = "batch",
     num_classes: int = 2,
 ) -> tuple[MaskRCNN, bool]:
     """Build a model; return it and whether pretrained (COCO) weights were loaded.
 
     `weights` (transfer only): "coco" (torchvision's COCO weights; offline this fails and the
-    model keeps its initialisation, with a warning), "none", or a path to a COCO-layout state
+    model is built untrained, with a warning), "none", or a path to a COCO-layout state
     dict (e.g. torchvision's .pth saved by hand).
+
+    The transfer model has two layouts, as torchvision's `maskrcnn_resnet50_fpn` has:
+    with weights, frozen BatchNorm and the 3 last ResNet stages trainable; without, trainable
+    normalisation (`norm`: "batch" as torchvision, or "group", 32 groups) and every stage
+    trainable. `pretrained_layout` builds the first without loading weights (to load a
+    checkpoint trained from COCO weights).
     """
     kwargs = _sampling_kwargs(sampling)
     if name == "transfer":
-        model, pretrained = _transfer(weights, num_classes, kwargs)
+        model, pretrained = _transfer(weights, pretrained_layout, norm, num_classes, kwargs)
     elif name == "custom":
         if weights != "none":
             raise LivecellsegError(
@@ -102,51 +113,61 @@ def build_model(
     return model, pretrained
 
 
-def _transfer(weights: str, num_classes: int, kwargs: dict) -> tuple[MaskRCNN, bool]:
-    # torchvision's maskrcnn_resnet50_fpn as built for its COCO weights: frozen BatchNorm,
-    # the 3 last ResNet stages trainable.
+def _transfer(
+    weights: str, pretrained_layout: bool, norm: str, num_classes: int, kwargs: dict
+) -> tuple[MaskRCNN, bool]:
+    state = transfer_weights(weights)
+    if state is None and not pretrained_layout:
+        if norm not in TRANSFER_NORMS:
+            raise LivecellsegError(f"transfer norm {norm!r}; allowed: {list(TRANSFER_NORMS)}")
+        # torchvision's maskrcnn_resnet50_fpn(weights=None, weights_backbone=None): trainable
+        # normalisation, all 5 stages trainable (a frozen random stem would stay random).
+        layer = nn.BatchNorm2d if norm == "batch" else lambda c: nn.GroupNorm(32, c)
+        backbone = _resnet_fpn_extractor(resnet50(norm_layer=layer), trainable_layers=5)
+        return MaskRCNN(backbone, num_classes=num_classes, **kwargs), False
+    # as built for torchvision's COCO weights: frozen BatchNorm, the 3 last stages trainable
     backbone = _resnet_fpn_extractor(resnet50(norm_layer=FrozenBatchNorm2d), trainable_layers=3)
     model = MaskRCNN(backbone, num_classes=91, **kwargs)
-    pretrained = load_transfer_weights(model, weights)
+    if state is not None:
+        model.load_state_dict(state)
     model.roi_heads.box_predictor = FastRCNNPredictor(1024, num_classes)
     model.roi_heads.mask_predictor = MaskRCNNPredictor(256, 256, num_classes)
-    return model, pretrained
+    return model, state is not None
 
 
-def load_transfer_weights(model: MaskRCNN, weights: str) -> bool:
-    """Load COCO-layout (91-class) weights into `model`; False (and a warning) if unavailable."""
+def transfer_weights(weights: str) -> dict | None:
+    """The COCO-layout (91-class) state dict `weights` names; None for "none", or (with a
+    warning) when the COCO weights cannot be downloaded."""
     if weights == "none":
-        return False
+        return None
     if weights == "coco":
         try:
-            state = MaskRCNN_ResNet50_FPN_Weights.COCO_V1.get_state_dict(
+            return MaskRCNN_ResNet50_FPN_Weights.COCO_V1.get_state_dict(
                 progress=True, check_hash=True, weights_only=True
             )
         except Exception as e:  # offline: URLError, socket errors, HTTP errors
             log.warning(
                 "!!! COCO weights for the transfer model could not be downloaded (%s: %s). "
-                "Training continues from torchvision's random initialisation; the metrics "
-                "record pretrained: false. Put the file in $TORCH_HOME/hub/checkpoints/ or set "
-                "transfer.weights to a local path to do real transfer learning. !!!",
+                "The model is built untrained (trainable normalisation, every stage "
+                "trainable) and trains from scratch; the metrics record pretrained: false. "
+                "Put the file in $TORCH_HOME/hub/checkpoints/ or set transfer.weights to a "
+                "local path to do real transfer learning. !!!",
                 type(e).__name__,
                 e,
             )
-            return False
-    else:
-        path = Path(weights)
-        if not path.is_file():
-            raise LivecellsegError(
-                f"{path}: transfer.weights file not found; use 'coco', 'none' or an existing .pth"
-            )
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as e:  # a damaged file, or a pickle that is more than tensors
-            raise LivecellsegError(
-                f"{path}: transfer.weights is not a loadable state_dict ({type(e).__name__}); "
-                "point it at torchvision's maskrcnn_resnet50_fpn .pth file"
-            ) from None
-    model.load_state_dict(state)
-    return True
+            return None
+    path = Path(weights)
+    if not path.is_file():
+        raise LivecellsegError(
+            f"{path}: transfer.weights file not found; use 'coco', 'none' or an existing .pth"
+        )
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # a damaged file, or a pickle that is more than tensors
+        raise LivecellsegError(
+            f"{path}: transfer.weights is not a loadable state_dict ({type(e).__name__}); "
+            "point it at torchvision's maskrcnn_resnet50_fpn .pth file"
+        ) from None
 
 
 class _CBAMStage(nn.Sequential):
