@@ -81,8 +81,8 @@ def main() -> None:
             raw[section].update(values)
     for item in args.set:
         key, value = item.split("=", 1)
-        section, name = key.split(".", 1)
-        raw[section][name] = yaml.safe_load(value)
+        *section, name = key.split(".", 1)  # "seed=7" or "custom.lr=0.001"
+        (raw[section[0]] if section else raw)[name] = yaml.safe_load(value)
     params = parse_params(raw)
     gt = json.loads(args.split.read_text())
     device = pick_device(params.train.device)
