@@ -1,4 +1,5 @@
-"""split: train/val/test by image, seeded and stratified by cell line; no image in two splits."""
+"""split: train/val/test by image, LIVECell's own (official) or seeded and stratified by cell
+line; no image (file name) in two splits."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from collections import Counter
 from pathlib import Path
 
 from livecellseg.io import atomic_dir, write_json
-from livecellseg.split import assign_splits
+from livecellseg.split import assign_splits, check_unique_names, official_splits
 from stages.common import run_stage
 
 log = logging.getLogger("stages.split")
@@ -17,9 +18,14 @@ log = logging.getLogger("stages.split")
 def main(params, args) -> None:
     doc = json.loads(args.subset.read_text())
     images = doc["images"]
-    parts = assign_splits(
-        [img["cell_line"] for img in images], params.split.fractions(), seed=params.seed
-    )
+    check_unique_names(images, str(args.subset))
+    if params.split.mode == "official":
+        parts = official_splits(images, str(args.subset))
+    else:
+        parts = assign_splits(
+            [img["cell_line"] for img in images], params.split.fractions(), seed=params.seed
+        )
+    log.info("split.mode %s", params.split.mode)
     with atomic_dir(args.out) as out:
         for name, indices in parts.items():
             chosen = [images[i] for i in indices]

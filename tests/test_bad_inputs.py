@@ -183,7 +183,7 @@ KEPT_ANNOTATIONS = [
 def test_subset_skips_and_counts_bad_annotations_and_keeps_odd_ones(clean_root, tmp_path):
     root = shutil.copytree(clean_root, tmp_path / "raw")
     doc = json.loads((root / TRAIN_JSON).read_text())
-    first = next(iter(doc["annotations"].values()))
+    first = doc["annotations"][0]
     new_id = 900_000
     for _, change, _ in SKIPPED_ANNOTATIONS:
         new_id += 1
@@ -192,11 +192,11 @@ def test_subset_skips_and_counts_bad_annotations_and_keeps_odd_ones(clean_root, 
             ann["id"] = first["id"]
         if change.get("segmentation", 0) is None:
             del ann["segmentation"]
-        doc["annotations"][str(new_id)] = ann
+        doc["annotations"].append(ann)
     kept_ids = {}
     for case, polygon in KEPT_ANNOTATIONS:
         new_id += 1
-        doc["annotations"][str(new_id)] = {**first, "id": new_id, "segmentation": [polygon]}
+        doc["annotations"].append({**first, "id": new_id, "segmentation": [polygon]})
         kept_ids[case] = new_id
     (root / TRAIN_JSON).write_text(json.dumps(doc))
 
@@ -208,7 +208,11 @@ def test_subset_skips_and_counts_bad_annotations_and_keeps_odd_ones(clean_root, 
     for _, _, defect in SKIPPED_ANNOTATIONS:
         expected[defect] = expected.get(defect, 0) + 1
     assert {k: v for k, v in report["skipped"].items() if v} == expected
-    assert report["annotations_read"] == report["annotations_kept"] + len(SKIPPED_ANNOTATIONS)
+    dropped = report["duplicates"]["annotations_dropped"]  # second entries of a picture
+    assert (
+        report["annotations_read"]
+        == report["annotations_kept"] + len(SKIPPED_ANNOTATIONS) + dropped
+    )
     assert "annotation" in r.stderr and "skipped" in r.stderr  # logged as well as counted
 
     subset = json.loads((tmp_path / "subset/annotations.json").read_text())

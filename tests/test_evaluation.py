@@ -273,3 +273,16 @@ def test_each_cell_line_equals_its_images_evaluated_alone():
         ours = [metrics[line][k] for k in AP_NAMES]
         assert ours == pytest.approx(by_hand_at_2000(ev)), line
         assert np.allclose(curves[line], ev.eval["precision"][0, :, 0, 0, -1]), line
+
+
+def test_groups_are_not_the_overall_numbers_and_a_group_without_predictions_scores_zero():
+    """faster-coco-eval accumulates inside evaluate(): each group must be evaluated on its
+    own, or every group would silently get the overall numbers."""
+    gt, results = imperfect_case()
+    metrics, _ = evaluate(gt, results, **LIVECELL)
+    assert metrics["A172"]["ap"] != metrics["overall"]["ap"] != metrics["BV2"]["ap"]
+    no_bv2 = [r for r in results if r["image_id"] in (1, 2)]
+    metrics, curves = evaluate(gt, no_bv2, **LIVECELL)
+    assert metrics["BV2"]["ap"] == metrics["BV2"]["ap50"] == 0.0 and np.all(curves["BV2"] <= 0)
+    ev = pycocotools_run(gt, no_bv2, [1, 2])
+    assert [metrics["A172"][k] for k in AP_NAMES] == pytest.approx(by_hand_at_2000(ev))

@@ -30,8 +30,17 @@ def test_livecell_format(tmp_path):
     doc = json.loads((root / "annotations" / "livecell_coco_train.json").read_text())
     assert set(doc) >= {"images", "annotations", "categories"}
     assert doc["categories"] == [{"supercategory": "cell", "id": 1, "name": "cell"}]
-    assert isinstance(doc["annotations"], dict)  # LIVECell's id -> annotation mapping
-    ann = next(iter(doc["annotations"].values()))
+    assert isinstance(doc["annotations"], list)  # as LIVECell's bucket serves them
+    img = doc["images"][0]
+    assert set(img) == {"id", "file_name", "width", "height", "original_filename", "url"}
+    assert img["url"].startswith("https://") and img["url"].endswith(img["file_name"])
+    from pycocotools.coco import COCO  # loads with plain pycocotools, as LIVECell's do
+
+    coco = COCO(str(root / "annotations" / "livecell_coco_train.json"))
+    assert len(coco.getAnnIds()) == len(doc["annotations"])
+    names = [i["file_name"] for i in doc["images"]]
+    assert len(names) == len(set(names)) + 1  # one picture listed twice in train
+    ann = doc["annotations"][0]
     assert set(ann) == {"id", "image_id", "category_id", "segmentation", "area", "bbox", "iscrowd"}
     assert len(ann["segmentation"][0]) >= 6 and ann["iscrowd"] == 0
 

@@ -1,10 +1,32 @@
+import json
+import subprocess
+import sys
 from collections import Counter
 
 import numpy as np
 import pytest
+import yaml
 
 from livecellseg.errors import DataError
-from livecellseg.split import assign_splits, split_counts, stratified_order
+from livecellseg.livecell import SPLITS
+from livecellseg.split import (
+    assign_splits,
+    check_unique_names,
+    official_splits,
+    split_counts,
+    stratified_order,
+)
+from tests.conftest import ROOT, make_livecell_root
+
+
+def _stage(name, *args):
+    return subprocess.run(
+        [sys.executable, "-m", f"stages.{name}", *map(str, args)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
+
 
 FRACTIONS = {"train": 0.7, "val": 0.15, "test": 0.15}
 
@@ -46,3 +68,49 @@ def test_every_prefix_is_proportional():
     for k in (4, 8, 20):
         n_a = sum(strata[i] == "A" for i in order[:k])
         assert abs(n_a - 0.75 * k) <= 1
+
+
+def _img(name, split):
+    return {"file_name": name, "source_split": split, "cell_line": "A172"}
+
+
+def test_official_keeps_livecells_membership():
+    images = [_img("a", "train"), _img("b", "test"), _img("c", "val"), _img("d", "train")]
+    assert official_splits(images) == {"train": [0, 3], "val": [2], "test": [1]}
+    with pytest.raises(DataError, match="no image of LIVECell's val split"):
+        official_splits([_img("a", "train"), _img("b", "test")])
+    with pytest.raises(DataError, match="x.tif has no LIVECell split.*split.mode: stratified"):
+        official_splits([_img("x.tif", None), *images])
+
+
+def test_a_file_name_listed_twice_stops_the_split():
+    check_unique_names([_img("a", "train"), _img("b", "train")], "s.json")
+    with pytest.raises(DataError, match="s.json: a is listed twice"):
+        check_unique_names([_img("a", "train"), _img("a", "val")], "s.json")
+
+
+@pytest.mark.parametrize("mode", ["stratified", "official"])
+def test_split_stage_puts_each_picture_in_one_split(mode, tmp_path, raw_params):
+    """Subset of a root listing pictures twice (as LIVECell does), then the split stage in
+    both modes: no file name in two splits; official keeps each file's LIVECell split."""
+    root = make_livecell_root(tmp_path / "raw", n_images=9, width=140, height=100)
+    r = _stage("subset", "--raw", root, "--out", tmp_path / "s", "--report", tmp_path / "r.json")
+    assert r.returncode == 0, r.stderr[-2000:]
+    params = {**raw_params, "split": {**raw_params["split"], "mode": mode}}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    r = _stage(
+        "split", "--params", tmp_path / "params.yaml", "--subset",
+        tmp_path / "s/annotations.json", "--out", tmp_path / "split",
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr[-2000:]
+    docs = {s: json.loads((tmp_path / f"split/{s}.json").read_text()) for s in SPLITS}
+    names = [img["file_name"] for d in docs.values() for img in d["images"]]
+    assert len(names) == len(set(names)) == 9
+    for s, d in docs.items():
+        ids = {img["id"] for img in d["images"]}
+        assert all(a["image_id"] in ids for a in d["annotations"])
+        if mode == "official":
+            assert {img["source_split"] for img in d["images"]} == {s}
+    if mode == "official":  # 9 images cycled over train/val/test; the picture in train and
+        # val is kept in val
+        assert {s: len(d["images"]) for s, d in docs.items()} == {"train": 2, "val": 4, "test": 3}

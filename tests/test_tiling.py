@@ -165,3 +165,15 @@ def test_parallel_tiling_gives_identical_output(tmp_path):
     assert len(list((tmp_path / "w1").iterdir())) == 75
     for p in (tmp_path / "w1").iterdir():
         assert p.read_bytes() == (tmp_path / "w2" / p.name).read_bytes()
+
+
+def test_two_images_of_one_name_cannot_tile_over_each_other(tmp_path):
+    from livecellseg.errors import DataError
+    from livecellseg.tileset import tile_split
+
+    img = {"id": 1, "file_name": "A172_Phase_C7_1_00d00h00m_1.tif", "width": 70, "height": 50}
+    doc = {"images": [img, {**img, "id": 2, "file_name": img["file_name"] + "f"}]}
+    doc |= {"annotations": [], "categories": []}
+    with pytest.raises(DataError, match="1 image name.*occur twice.*A172_Phase_C7_1_00d00h00m_1"):
+        tile_split(doc, tmp_path, tmp_path / "tiles", grid=7, window=3, min_visible=0.3)
+    assert not (tmp_path / "tiles").exists()

@@ -63,7 +63,8 @@ class SubsetConfig:
 
 @dataclass(frozen=True)
 class SplitConfig:
-    train: float
+    mode: Literal["stratified", "official"]  # official: LIVECell's own train/val/test
+    train: float  # the fractions of the stratified mode
     val: float
     test: float
 

@@ -10,14 +10,11 @@ line.
 
 from __future__ import annotations
 
-import contextlib
 import copy
-import io
 from collections import defaultdict
 
 import numpy as np
-from pycocotools.coco import COCO
-from pycocotools.cocoeval import COCOeval
+from faster_coco_eval import COCO, COCOeval_faster
 
 from livecellseg.coco import to_rle
 from livecellseg.livecell import cell_line
@@ -54,8 +51,7 @@ def _coco_gt(gt_doc: dict) -> COCO:
     doc = copy.copy(gt_doc)
     doc["annotations"] = [{"iscrowd": 0, **a} for a in gt_doc["annotations"]]
     coco.dataset = doc
-    with contextlib.redirect_stdout(io.StringIO()):
-        coco.createIndex()
+    coco.createIndex()
     return coco
 
 
@@ -66,43 +62,31 @@ def coco_mask_ap(
     "overall"); per group the AP values (all at maxDets 2000, `ap_at_max_dets`) and
     precision at IoU 0.5 over 101 recall points.
 
-    pycocotools' per-image matching runs once; each group is then accumulated from it (the
-    same as evaluating that group's images alone). AP values are in [0, 1]; -1 where the
-    images hold no ground truth of that size (pycocotools' convention).
+    faster-coco-eval (C++; equal to pycocotools on every AP, see tests) evaluates each group
+    on its own: it accumulates inside `evaluate()` and keeps no per-image results to narrow
+    afterwards. AP values are in [0, 1]; -1 where the images hold no ground truth of that
+    size (pycocotools' convention).
     """
     gt = _coco_gt(gt_doc)
     groups = groups or {"overall": sorted(gt.getImgIds())}
-    with_results = {r["image_id"] for r in results}
+    dt = gt.loadRes([dict(r) for r in results])  # loadRes adds area/bbox/id to its dicts
     out = {}
-    empty = {g: ids for g, ids in groups.items() if not with_results & set(ids)}
-    for group, ids in empty.items():  # pycocotools cannot score a group without results
-        areas = [a["area"] for a in gt.loadAnns(gt.getAnnIds(imgIds=ids))]
-        ranges = [AREA_RANGES[0]] * 3 + AREA_RANGES[1:]  # ap, ap50, ap75, then by size
-        stats = {
-            k: 0.0 if any(lo <= a <= hi for a in areas) else -1.0  # as pycocotools
-            for k, (lo, hi) in zip(AP_KEYS, ranges, strict=True)
-        }
-        out[group] = (stats, np.full(101, stats["ap"]))
-    if len(empty) == len(groups):
-        return out
-    all_ids = sorted({i for ids in groups.values() for i in ids})
-    with contextlib.redirect_stdout(io.StringIO()):
-        dt = gt.loadRes(copy.deepcopy([r for r in results if r["image_id"] in set(all_ids)]))
-        ev = COCOeval(gt, dt, iouType="segm")
-        ev.params.imgIds = all_ids
+    for group, ids in groups.items():
+        ev = COCOeval_faster(gt, dt, iouType="segm", print_function=_quiet)
+        ev.params.imgIds = sorted(ids)
         ev.params.maxDets = MAX_DETS
         ev.params.areaRng = AREA_RANGES
         ev.params.areaRngLbl = ["all", "small", "medium", "large"]
         ev.evaluate()
-        for group, ids in groups.items():
-            if group in empty:
-                continue
-            sub = _restricted(ev, sorted(ids))
-            sub.accumulate()
-            precision = sub.eval["precision"]
-            # IoU 0.5, all recall points, area all, 2000 detections
-            out[group] = (ap_at_max_dets(precision, sub.params.iouThrs), precision[0, :, 0, 0, -1])
-    return {g: out[g] for g in groups}
+        ev.accumulate()
+        precision = ev.eval["precision"]
+        # IoU 0.5, all recall points, area all, 2000 detections
+        out[group] = (ap_at_max_dets(precision, ev.params.iouThrs), precision[0, :, 0, 0, -1])
+    return out
+
+
+def _quiet(*_args, **_kwargs) -> None:
+    """faster-coco-eval's progress lines, not printed."""
 
 
 def ap_at_max_dets(precision: np.ndarray, iou_thrs: np.ndarray) -> dict[str, float]:
@@ -123,29 +107,6 @@ def ap_at_max_dets(precision: np.ndarray, iou_thrs: np.ndarray) -> dict[str, flo
     all_areas = at_max[..., 0]
     selections = (all_areas, all_areas[t50], all_areas[t75], *np.moveaxis(at_max[..., 1:], -1, 0))
     return {k: mean_defined(p) for k, p in zip(AP_KEYS, selections, strict=True)}
-
-
-def _restricted(ev: COCOeval, image_ids: list[int]) -> COCOeval:
-    """An evaluated COCOeval narrowed to some images, ready to accumulate.
-
-    `accumulate` indexes `evalImgs` by image position in the evaluated list but takes the
-    positions from `params.imgIds`, so narrowing `params.imgIds` alone picks the wrong images;
-    this rebuilds `evalImgs` (laid out category x area x image) for the subset instead.
-    """
-    pe = ev._paramsEval
-    position = {image_id: n for n, image_id in enumerate(pe.imgIds)}
-    n_images, n_areas = len(pe.imgIds), len(pe.areaRng)
-    sub = copy.copy(ev)
-    sub.evalImgs = [
-        ev.evalImgs[(k * n_areas + a) * n_images + position[i]]
-        for k in range(len(pe.catIds) if pe.useCats else 1)
-        for a in range(n_areas)
-        for i in image_ids
-    ]
-    sub._paramsEval = copy.deepcopy(pe)
-    sub.params = copy.deepcopy(ev.params)
-    sub._paramsEval.imgIds = sub.params.imgIds = list(image_ids)
-    return sub
 
 
 def evaluate(

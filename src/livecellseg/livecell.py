@@ -5,6 +5,15 @@ Layout under a data root (what `images.zip` and the annotation files unpack to):
     images/livecell_test_images/<CellLine>/<name>.tif
     annotations/livecell_coco_{train,val,test}.json
 Image names start with the cell line: `A172_Phase_C7_1_00d00h00m_1.tif`.
+
+The annotation files as LIVECell's bucket serves them are plain COCO: `annotations` is a
+list (pycocotools' `COCO()` loads them), and image entries carry extra fields
+(`original_filename`, `url`). The id -> annotation *map* form is the Kaggle competition's
+copy; `coco.iter_annotations` reads both.
+
+The three files list 5,387 image entries for 5,239 image files: some pictures were
+annotated twice (twice within one file, or once in train and once in val). `subset` keeps
+one entry per file name (`subset.keep_one`).
 """
 
 from __future__ import annotations
@@ -27,18 +36,28 @@ from livecellseg.errors import DataError
 
 log = logging.getLogger(__name__)
 
-BASE_URL = "http://livecell-dataset.s3.eu-central-1.amazonaws.com/LIVECell_dataset_2021"
+BASE_URL = "https://livecell-dataset.s3.eu-central-1.amazonaws.com/LIVECell_dataset_2021"
 IMAGES_ZIP = "images.zip"
 ANNOTATION_FILES = tuple(f"livecell_coco_{s}.json" for s in ("train", "val", "test"))
 ANNOTATIONS_URL_DIR = "annotations/LIVECell"
+
+
+SPLITS = ("train", "val", "test")
+_SPLIT_FILE = re.compile(r"^livecell_coco_(train|val|test)\.json$")
 
 
 def image_dir(split: str) -> str:
     return "images/livecell_test_images" if split == "test" else "images/livecell_train_val_images"
 
 
+def split_of(annotation_file: str | Path) -> str | None:
+    """LIVECell's split an annotation file holds ('livecell_coco_val.json' -> 'val'), or None."""
+    m = _SPLIT_FILE.match(Path(annotation_file).name)
+    return m.group(1) if m else None
+
+
 def write_coco(path: Path, images: list[dict], annotations: list[dict]) -> None:
-    """Write a COCO file the way LIVECell does: `annotations` maps str(id) -> annotation."""
+    """Write a COCO file as LIVECell's bucket does: `annotations` is a list."""
     doc = {
         "info": {"description": "LIVECell-format data", "version": "1.0", "year": 2021},
         "licenses": [
@@ -50,7 +69,7 @@ def write_coco(path: Path, images: list[dict], annotations: list[dict]) -> None:
         ],
         "images": images,
         "categories": [{"supercategory": "cell", "id": 1, "name": "cell"}],
-        "annotations": {str(a["id"]): a for a in annotations},
+        "annotations": annotations,
     }
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(doc))

@@ -40,10 +40,14 @@ from skimage.measure import approximate_polygon, find_contours
 from tqdm import tqdm
 
 from livecellseg.images import write_gray
-from livecellseg.livecell import image_dir, write_coco
+from livecellseg.livecell import BASE_URL, image_dir, write_coco
 
 # LIVECell ships its own train/val/test files; the sample spreads its images over the same three.
 LIVECELL_SPLIT_CYCLE = ("train",) * 5 + ("val", "test")
+# Pictures listed twice, as in LIVECell's files (annotated twice): (the n-th image of a split,
+# the split of its second entry). The second entry of a picture in the same split lacks its
+# last cell (a less complete annotation); the one in another split has the same cells.
+LIVECELL_DUPLICATES = (("train", 0, "train"), ("train", 1, "val"), ("test", 0, "test"))
 LIVECELL_AREA = 704 * 520  # densities are per LIVECell image
 MIN_CELL_PIXELS = 12  # a sliver at the border: not a cell anyone would annotate
 FLAT_FIELD_SIGMA = 10.0  # px
@@ -404,29 +408,62 @@ def write_livecell_root(
     samples: Iterable[tuple[str, str, np.ndarray, list[np.ndarray]]],
     *,
     splits: tuple[str, ...] = LIVECELL_SPLIT_CYCLE,
+    duplicates: tuple[tuple[str, int, str], ...] = LIVECELL_DUPLICATES,
     total: int | None = None,
     progress: bool = False,
 ) -> dict[str, Any]:
-    """Write generated samples (`generate`'s output) into `out` as a LIVECell data root;
-    image i goes to the split `splits[i % len(splits)]`. Returns the counts written, also per
-    cell line."""
+    """Write generated samples (`generate`'s output) into `out` as a LIVECell data root, its
+    JSONs as LIVECell's bucket has them (list form, `original_filename` and `url` fields);
+    image i goes to the split `splits[i % len(splits)]`, and the `duplicates` get a second
+    entry (new image id) as described at LIVECELL_DUPLICATES. Returns the counts written."""
     docs: dict[str, tuple[list[dict], list[dict]]] = {s: ([], []) for s in ("train", "val", "test")}
-    next_ann_id, n_images = 1, 0
+    n_cells, n_images = 0, 0
     per_line: dict[str, list[int]] = {}
+    kept: dict[tuple[str, int], tuple[dict, list[np.ndarray]]] = {}
+    wanted = {(split, n) for split, n, _ in duplicates}
     bar = tqdm(samples, total=total, desc="sample", unit="img", disable=not progress)
     for i, (name, line, image, polygons) in enumerate(bar):
         split = splits[i % len(splits)]
         path = out / image_dir(split) / line / name
         path.parent.mkdir(parents=True, exist_ok=True)
         write_gray(path, image)
-        image_id, n_images = i + 1, i + 1
-        imgs, anns = docs[split]
+        n_images = i + 1
         height, width = image.shape
-        imgs.append({"id": image_id, "file_name": name, "width": width, "height": height})
+        entry = {
+            "id": n_images,
+            "file_name": name,
+            "width": width,
+            "height": height,
+            "original_filename": name.replace("_Phase_", "_Phase_orig_"),
+            "url": f"{BASE_URL}/{image_dir(split)}/{line}/{name}",
+        }
+        imgs, anns = docs[split]
+        imgs.append(entry)
         for poly in polygons:
-            anns.append(polygon_annotation(next_ann_id, image_id, poly))
-            next_ann_id += 1
+            n_cells += 1
+            anns.append(polygon_annotation(n_cells, entry["id"], poly))
         per_line.setdefault(line, []).append(len(polygons))
+        if (split, len(imgs) - 1) in wanted:  # the n-th image of its split
+            kept[split, len(imgs) - 1] = entry, polygons
+    next_ann_id, next_image_id, n_entries = n_cells + 1, n_images + 1, n_images
+    for split, n, second in duplicates:
+        if (split, n) not in kept:
+            continue  # too few images for this duplicate
+        entry, polygons = kept[split, n]
+        copy_polygons = polygons[:-1] if second == split else polygons
+        imgs, anns = docs[second]
+        imgs.append({**entry, "id": next_image_id})
+        for poly in copy_polygons:
+            anns.append(polygon_annotation(next_ann_id, next_image_id, poly))
+            next_ann_id += 1
+        next_image_id += 1
+        n_entries += 1
     for split, (imgs, anns) in docs.items():
         write_coco(out / "annotations" / f"livecell_coco_{split}.json", imgs, anns)
-    return {"images": n_images, "cells": next_ann_id - 1, "cells_per_image": per_line}
+    return {
+        "images": n_images,
+        "image_entries": n_entries,
+        "cells": n_cells,
+        "annotations": next_ann_id - 1,
+        "cells_per_image": per_line,
+    }

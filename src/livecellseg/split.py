@@ -1,4 +1,5 @@
-"""Stratified, seeded choice and splitting of images by cell line (pure functions)."""
+"""Splitting images into train/val/test (pure functions): LIVECell's own split, or a seeded
+split stratified by cell line."""
 
 from __future__ import annotations
 
@@ -63,3 +64,40 @@ def assign_splits(
         out[name] = sorted(order[start : start + counts[name]])
         start += counts[name]
     return {k: out[k] for k in fractions}
+
+
+def official_splits(
+    images: Sequence[dict], source: str = "annotations.json"
+) -> dict[str, list[int]]:
+    """Indices of each split as LIVECell made them: the split of the file an image came
+    from (`source_split`, set by subset). Every split must hold an image."""
+    out: dict[str, list[int]] = {"train": [], "val": [], "test": []}
+    for i, img in enumerate(images):
+        split = img.get("source_split")
+        if split not in out:
+            raise DataError(
+                f"{source}: image {img.get('file_name')} has no LIVECell split (its annotation "
+                "file is not livecell_coco_{train,val,test}.json); use split.mode: stratified"
+            )
+        out[split].append(i)
+    empty = [k for k, v in out.items() if not v]
+    if empty:
+        raise DataError(
+            f"{source}: no image of LIVECell's {'/'.join(empty)} split in the subset; add its "
+            "file to subset.annotation_files, raise subset.n_images, or use split.mode: "
+            "stratified"
+        )
+    return out
+
+
+def check_unique_names(images: Sequence[dict], source: str) -> None:
+    """One entry per file name: a picture listed twice would reach two splits (and its
+    tiles would overwrite each other)."""
+    seen: set[str] = set()
+    for img in images:
+        if img["file_name"] in seen:
+            raise DataError(
+                f"{source}: {img['file_name']} is listed twice; make it with the subset stage "
+                "(it keeps one entry per file name) or remove the second entry"
+            )
+        seen.add(img["file_name"])

@@ -15,6 +15,7 @@ from pycocotools import mask as mask_utils
 from tqdm import tqdm
 
 from livecellseg.coco import encode_mask, to_rle
+from livecellseg.errors import DataError
 from livecellseg.images import read_gray, write_gray
 from livecellseg.tiling import TileCounts, clip_instances, tile_windows
 
@@ -109,6 +110,13 @@ def tile_split(
     With workers > 1 images are tiled in parallel processes; results are gathered in input
     order, so the output is identical whatever the number of workers.
     """
+    stems = Counter(Path(img["file_name"]).stem for img in doc["images"])
+    clash = sorted(stem for stem, n in stems.items() if n > 1)
+    if clash:  # tiles are named after the image: they would overwrite each other
+        raise DataError(
+            f"{out_dir}: {len(clash)} image name(s) occur twice (e.g. {clash[0]}); tiles would "
+            "overwrite each other: keep one entry per picture (the subset stage does)"
+        )
     out_dir.mkdir(parents=True, exist_ok=True)
     by_image: dict[Any, list[dict]] = {img["id"]: [] for img in doc["images"]}
     for ann in doc["annotations"]:
