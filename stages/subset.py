@@ -33,6 +33,22 @@ def main(params, args) -> None:
         {k: v for k, v in report["skipped"].items() if v} or "none",
         args.out,
     )
+    d = report["duplicates"]
+    log.info(
+        "%d of %d image entries are second entries of a picture (%d file names listed twice: "
+        "%d within one file, %d across files); of the chosen, %d entries dropped with their %d "
+        "annotations (kept: held-out split %d, more annotations %d, first listed %d)",
+        report["image_entries"] - report["images_available"],
+        report["image_entries"],
+        d["file_names_listed_twice"],
+        d["within_one_file"],
+        d["across_files"],
+        d["entries_dropped"],
+        d["annotations_dropped"],
+        d["kept_held_out_split"],
+        d["kept_more_annotations"],
+        d["kept_first_listed"],
+    )
 
 
 def add_args(parser) -> None:

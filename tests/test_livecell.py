@@ -1,5 +1,6 @@
 """The real-data path, against a LIVECell-format archive served from 127.0.0.1."""
 
+import hashlib
 import http.server
 import shutil
 import threading
@@ -16,6 +17,7 @@ from livecellseg.livecell import (
     fetch_livecell,
     index_images,
     md5sum,
+    record_sha256,
     safe_extract,
 )
 from tests.conftest import make_livecell_root
@@ -109,6 +111,26 @@ def test_fetch_makes_the_livecell_layout(site, tmp_path, handler):
             raw / "annotations" / name
         ).read_bytes()
     assert not (out / "images.zip").exists()
+    sums = dict(
+        reversed(line.split("  ")) for line in (out / "SHA256SUMS").read_text().splitlines()
+    )
+    assert sorted(sums) == sorted(["images.zip", *(f"annotations/{n}" for n in ANNOTATION_FILES)])
+    for name in ANNOTATION_FILES:
+        digest = hashlib.sha256((out / "annotations" / name).read_bytes()).hexdigest()
+        assert sums[f"annotations/{name}"] == digest
+    assert (
+        sums["images.zip"]
+        == hashlib.sha256((www / "LIVECell_dataset_2021/images.zip").read_bytes()).hexdigest()
+    )
+
+
+def test_a_file_that_changed_since_the_first_download_is_refused(tmp_path):
+    (tmp_path / "a.json").write_text("first")
+    record_sha256(tmp_path, tmp_path / "a.json")
+    record_sha256(tmp_path, tmp_path / "a.json")  # the same again: fine
+    (tmp_path / "a.json").write_text("changed")
+    with pytest.raises(DataError, match="a.json: sha256 .* differs from the .* recorded"):
+        record_sha256(tmp_path, tmp_path / "a.json")
 
 
 def test_interrupted_download_resumes(site, tmp_path, handler):

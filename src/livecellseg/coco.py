@@ -1,8 +1,9 @@
 """COCO annotations: streaming reader for LIVECell's large JSON files, checks, and RLE helpers.
 
-LIVECell's `livecell_coco_train.json` holds ~1 M annotations, and its `annotations` is a
-mapping from id to annotation rather than COCO's usual list; both forms are read here.
-The JSON is streamed with ijson, so memory stays at the size of what is kept.
+LIVECell's `livecell_coco_train.json` holds ~1 M annotations. As LIVECell's bucket serves
+it, `annotations` is COCO's usual list; the Kaggle competition's copy maps id -> annotation
+instead. Both forms are read here. The JSON is streamed with ijson, so memory stays at the
+size of what is kept.
 """
 
 from __future__ import annotations

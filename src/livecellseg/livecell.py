@@ -179,11 +179,36 @@ def _finish(
 
 
 def md5sum(path: Path) -> str:
-    h = hashlib.md5()
     with open(path, "rb") as f:
-        while block := f.read(1 << 20):
-            h.update(block)
-    return h.hexdigest()
+        return hashlib.file_digest(f, "md5").hexdigest()
+
+
+SHA256SUMS = "SHA256SUMS"  # `sha256sum -c SHA256SUMS` in the data root checks the files
+
+
+def record_sha256(root: Path, path: Path) -> str:
+    """Record path's sha256 in root/SHA256SUMS (paths relative to root); a file fetched again
+    must hash as first recorded, else a DataError says it changed."""
+    with open(path, "rb") as f:
+        digest = hashlib.file_digest(f, "sha256").hexdigest()
+    manifest = root / SHA256SUMS
+    sums: dict[str, str] = {}
+    if manifest.exists():
+        for line in manifest.read_text().splitlines():
+            known, _, name = line.partition("  ")
+            sums[name] = known
+    name = path.relative_to(root).as_posix()
+    if sums.get(name, digest) != digest:
+        raise DataError(
+            f"{path}: sha256 {digest} differs from the {sums[name]} recorded in {manifest} at "
+            "the first download; the server's file changed or this copy is corrupt: delete it "
+            "and fetch again, or remove its line from the manifest if the change is intended"
+        )
+    sums[name] = digest
+    tmp = manifest.with_name(manifest.name + ".tmp")
+    tmp.write_text("".join(f"{d}  {n}\n" for n, d in sorted(sums.items())))
+    os.replace(tmp, manifest)
+    return digest
 
 
 def safe_extract(archive: Path, target: Path) -> int:
@@ -209,7 +234,14 @@ def safe_extract(archive: Path, target: Path) -> int:
 def fetch_livecell(
     out: Path, *, base_url: str = BASE_URL, keep_zip: bool = False
 ) -> dict[str, Any]:
-    """Download images.zip and the three annotation files into `out` in the layout above."""
+    """Download images.zip and the three annotation files into `out` in the layout above.
+
+    What is verified on the first download: each file's size (Content-Length, resumed
+    downloads included) and, where the server's ETag is an MD5 (single-part S3 uploads),
+    its MD5; a multipart upload's ETag is no MD5, so images.zip is checked by size only. The
+    sha256 of every file is then recorded in out/SHA256SUMS: a file fetched again must match
+    it, and `dvc add` (data.dvc) pins the whole tree from then on.
+    """
     out.mkdir(parents=True, exist_ok=True)
     done = out / "images" / ".extracted"  # a rerun after a failure does not fetch 1.3 GB again
     if done.exists():
@@ -222,6 +254,7 @@ def fetch_livecell(
         )
     else:
         zip_path = download(f"{base_url}/{IMAGES_ZIP}", out / IMAGES_ZIP)
+        record_sha256(out, zip_path)
         n_files = safe_extract(zip_path, out)
         done.write_text(str(n_files))
         if not keep_zip:
@@ -230,6 +263,7 @@ def fetch_livecell(
         dest = out / "annotations" / name
         if not dest.exists():  # downloads land under their name only when complete
             download(f"{base_url}/{ANNOTATIONS_URL_DIR}/{name}", dest)
+            record_sha256(out, dest)
     n_images = len(index_images(out))
     if n_images == 0:
         raise DataError(f"{out}: {IMAGES_ZIP} held no .tif under images/; check --base-url")
