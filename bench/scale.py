@@ -4,10 +4,11 @@ Generates (seeded, in parallel, cached outside the repo) a data root in LIVECell
 on-disk form: images/livecell_{train_val,test}_images/<line>/<name>.tif (LZW TIFF) and
 annotations/livecell_coco_{train,val,test}.json as on LIVECell's S3 bucket (`annotations` a
 list, `original_filename` and `url` per image). At --scale 1: 5,239 image files, 3,253 + 570
-+ 1,564 = 5,387 image entries (65 files twice in train, 83 in train and val, each second entry
++ 1,564 = 5,387 image entries (65 files twice in train, 31 in train and val, 52 twice in test:
+3,727 train/val + 1,512 test files, as LIVECell's folders hold; each second entry
 re-annotated: vertices jittered ~0.5 px, ~3 % of cells swapped), ~1.6 M polygon annotations,
 a few images of ~2,000 cells. Then runs each stage's CLI in its own process and measures wall
-time and peak RSS (`os.wait4`'s ru_maxrss: the largest single process of the stage's tree):
+time, CPU time and peak RSS (the largest single process of the stage's tree, see MEASURE):
 - subset of everything (subset.n_images = the distinct files); split with split.mode official
   and stratified (if params.yaml has split.mode; else once, in its default mode); tile on the
   first N images (train, val, test in order) of the first split's output for several N: fits
@@ -57,7 +58,9 @@ MEAN_CELLS = dict(zip(LINES, (150, 330, 650, 170, 330, 520, 330, 180), strict=Tr
 W, H = 704, 520
 SPLITS = ("train", "val", "test")
 ENTRIES = {"train": 3253, "val": 570, "test": 1564}  # LIVECell's image entries per JSON
-DUP_TRAIN, DUP_TRAIN_VAL, TOTAL_ANNS, DENSE = 65, 83, 1_600_000, 6
+# LIVECell's second entries: twice in train, in train and val, twice in test (its issues #14,
+# #26: 3,253 + 570 entries for 3,727 train/val files, 1,564 for 1,512 test files)
+DUP_TRAIN, DUP_TRAIN_VAL, DUP_TEST, TOTAL_ANNS, DENSE = 65, 31, 52, 1_600_000, 6
 S3 = "https://livecell-dataset.s3.eu-central-1.amazonaws.com/LIVECell_dataset_2021/"
 LICENSE = "https://creativecommons.org/licenses/by-nc/4.0/"
 CATEGORIES = [{"supercategory": "cell", "id": 1, "name": "cell"}]
@@ -76,11 +79,11 @@ def file_name(line: str, code: int) -> str:
 def plan(scale: float, seed: int) -> dict:
     """Files (line, name, cells) and image entries (split, file, variant, ids), all seeded."""
     rng = np.random.default_rng(seed)
-    n_tr, n_va, n_te, dup_tr, dup_tv = (
-        max(1, round(n * scale)) for n in (*ENTRIES.values(), DUP_TRAIN, DUP_TRAIN_VAL)
+    n_tr, n_va, n_te_entries, dup_tr, dup_tv, dup_te = (
+        max(1, round(n * scale)) for n in (*ENTRIES.values(), DUP_TRAIN, DUP_TRAIN_VAL, DUP_TEST)
     )
-    n_train_files, n_val_only = n_tr - dup_tr, n_va - dup_tv
-    if n_train_files < dup_tr + dup_tv or n_val_only < 0:
+    n_train_files, n_val_only, n_te = n_tr - dup_tr, n_va - dup_tv, n_te_entries - dup_te
+    if n_train_files < dup_tr + dup_tv or n_val_only < 0 or n_te < dup_te:
         raise SystemExit(f"--scale {scale} is too small for the duplicates; use >= 0.005")
     n_files = n_train_files + n_val_only + n_te
     lines = [LINES[i] for i in rng.integers(0, len(LINES), n_files)]
@@ -92,7 +95,7 @@ def plan(scale: float, seed: int) -> dict:
     entries = {  # (file, variant): variant 1 is the second annotation of a file
         "train": [(f, 0) for f in tr] + [(f, 1) for f in tr[:dup_tr]],
         "val": [(f, 1) for f in tr[dup_tr : dup_tr + dup_tv]] + [(f, 0) for f in va],
-        "test": [(f, 0) for f in te],
+        "test": [(f, 0) for f in te] + [(f, 1) for f in te[:dup_te]],
     }
     entries = {s: [e[i] for i in rng.permutation(len(e))] for s, e in entries.items()}
     mult = np.bincount([f for e in entries.values() for f, _ in e], minlength=n_files)
@@ -250,6 +253,7 @@ def describe(p: dict, root: Path) -> dict:
         "distinct_files": len(p["files"]),
         "duplicates_within_train": len(per["train"]) - len(set(per["train"])),
         "duplicates_train_val": len(set(per["train"]) & set(per["val"])),
+        "duplicates_within_test": len(per["test"]) - len(set(per["test"])),
         "annotations": {s: sum(cells[f] for f in e) for s, e in per.items()},
         "annotations_total": sum(cells[f] for e in per.values() for f in e),
         "densest_image": {"file_name": names[densest], "cells": cells[densest]},
@@ -323,16 +327,33 @@ def scan_split(split_dir: Path, first_n: int = 0, polys: bool = False) -> dict:
     return out
 
 
+# Runs a stage module as __main__ and, at exit, writes its peak RSS: the high-water mark of
+# its own memory (VmHWM) and the largest of its waited-for children (ProcessPoolExecutor's).
+# Not os.wait4's ru_maxrss alone: Linux carries the parent's RSS high-water mark into a
+# (v)forked child across exec, so every stage would read at least this script's own peak.
+MEASURE = """
+import atexit, json, os, resource, runpy, sys
+def peak():
+    hwm = next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM:"))
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    with open(os.environ["SCALE_RSS_OUT"], "w") as f:
+        json.dump({"self_kb": hwm, "children_kb": kids}, f)
+atexit.register(peak)
+sys.argv = sys.argv[1:]
+runpy.run_module(sys.argv[0], run_name="__main__", alter_sys=True)
+"""
+
+
 def run_stage(work: Path, label: str, stage: str, **options) -> dict:
-    """Run `python -m stages.<stage> --<option> <value> ...` from the repo root as its own
-    process: wall time and peak RSS. On failure: the tail of its log, and exit 1."""
-    log = work / f"{label}.log"
-    cmd = [sys.executable, "-m", f"stages.{stage}"]
+    """Run stages.<stage> --<option> <value> ... from the repo root in its own process: wall
+    time, CPU time and peak RSS. On failure: the tail of its log, and exit 1."""
+    log, rss = work / f"{label}.log", work / f"{label}.rss.json"
+    cmd = [sys.executable, "-c", MEASURE, f"stages.{stage}"]
     cmd += [str(v) for k, value in options.items() for v in (f"--{k}", value)]
-    print(f"[scale] {label}: {' '.join(cmd[1:])}", file=sys.stderr)
+    print(f"[scale] {label}: stages.{stage} {' '.join(cmd[4:])}", file=sys.stderr)
     t = time.perf_counter()
     with open(log, "w") as f:
-        env = {**os.environ, "PYTHONPATH": "src"}
+        env = {**os.environ, "PYTHONPATH": "src", "SCALE_RSS_OUT": str(rss)}
         proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=f, stderr=subprocess.STDOUT)
         _, status, usage = os.wait4(proc.pid, 0)
     wall = time.perf_counter() - t
@@ -341,7 +362,15 @@ def run_stage(work: Path, label: str, stage: str, **options) -> dict:
         tail = "\n".join(log.read_text(errors="replace").splitlines()[-40:])
         print(f"[scale] {label} failed (exit {proc.returncode}), {log}:\n{tail}", file=sys.stderr)
         sys.exit(1)
-    return {"wall_s": round(wall, 2), "peak_rss_bytes": usage.ru_maxrss * 1024}
+    peak = json.loads(rss.read_text())
+    out = {"wall_s": round(wall, 2), "cpu_s": round(usage.ru_utime + usage.ru_stime, 1),
+           "peak_rss_bytes": 1024 * max(peak.values())}  # fmt: skip
+    if peak["children_kb"]:  # a pool: the main process and the largest worker apart
+        out |= {
+            "main_rss_bytes": 1024 * peak["self_kb"],
+            "worker_rss_bytes": 1024 * peak["children_kb"],
+        }
+    return out
 
 
 def rate(r: dict, n: int) -> dict:
@@ -469,10 +498,10 @@ def run_stages(args: argparse.Namespace, cache: Path, work: Path, facts: dict) -
             shutil.rmtree(tiles)
     xs, largest = [t["images"] for t in runs], [t["largest_split_images"] for t in runs]
     n_largest = max(len(v) for v in official["images"].values())
-    fit = {  # the stage holds one split's tile annotations in memory: RSS grows with it
+    fit = {  # the main process holds a split's tile annotations: its RSS grows with the split
         "wall_s": fit_line(xs, [t["wall_s"] for t in runs], n_all),
         "disk_bytes": fit_line(xs, [t["disk_bytes"] for t in runs], n_all),
-        "peak_rss_bytes": fit_line(largest, [t["peak_rss_bytes"] for t in runs], n_largest,
+        "main_rss_bytes": fit_line(largest, [t.get("main_rss_bytes", 0) for t in runs], n_largest,
                                    "image of the largest split"),
     }  # fmt: skip
     stages["tile"] = {"all_images": n_all, "runs": runs, "fit": fit}

@@ -1,7 +1,7 @@
 """Benchmark: the streaming `subset` against a `json.load` baseline on a LIVECell-size JSON.
 
-Makes a synthetic LIVECell-format data root (annotations as an id -> annotation map, polygons
-of 20 points, like livecell_coco_train.json) with >= 500,000 annotations, then runs, each in a
+Makes a synthetic LIVECell-format data root (annotations as an id -> annotation map, the
+Kaggle copy's form of livecell_coco_train.json; polygons of 20 points) with >= 500,000 annotations, then runs, each in a
 fresh process: (a) build_subset (ijson streaming), (b) the naive way: json.load the file and
 filter. Prints JSON with peak RSS and wall time of each and their ratios.
 Target: peak RSS <= 10% of the baseline's, wall time <= the baseline's.

@@ -82,12 +82,27 @@ def ownership_map(height: int, width: int, grid: int, window: int) -> np.ndarray
 
 @dataclass(frozen=True)
 class ClippedInstance:
-    """An instance as seen by one tile: its mask in tile coordinates and how much is inside."""
+    """An instance as seen by one tile: its mask in tile coordinates and how much is inside.
+
+    Only the part inside the tile is stored (a crop and its corner); `mask` builds the
+    tile-sized mask when asked, so a dense image's ~9,000 (cell, tile) pairs do not hold
+    ~9,000 tile-sized masks at once.
+    """
 
     source: int  # index of the instance in the input list
-    mask: np.ndarray  # bool, tile-sized
+    part: np.ndarray  # bool, the instance's pixels inside the tile, cropped to their box
+    corner: tuple[int, int]  # (y, x) of `part` in tile coordinates
+    shape: tuple[int, int]  # the tile's (height, width)
     area: int  # pixels inside the tile
     clipped: bool  # part of the instance lies outside the tile
+
+    @property
+    def mask(self) -> np.ndarray:
+        """bool, tile-sized."""
+        out = np.zeros(self.shape, bool)
+        y, x = self.corner
+        out[y : y + self.part.shape[0], x : x + self.part.shape[1]] = self.part
+        return out
 
 
 @dataclass
@@ -126,9 +141,8 @@ def clip_instances(
             if inside < min_visible * total:
                 counts.dropped += 1
                 continue
-            tile_mask = np.zeros(w.shape, bool)
-            tile_mask[y0 - w.y0 : y1 - w.y0, x0 - w.x0 : x1 - w.x0] = part
-            per_tile[t].append(ClippedInstance(i, tile_mask, inside, inside < total))
+            corner = (y0 - w.y0, x0 - w.x0)
+            per_tile[t].append(ClippedInstance(i, part, corner, w.shape, inside, inside < total))
             counts.instances += 1
             counts.clipped += inside < total
             kept_somewhere = True
