@@ -103,3 +103,33 @@ def test_annotation_checker():
     assert check(_ann(9, segmentation=line)) == (None, "zero_area")
     outside = [[100.0, 100.0, 120.0, 100.0, 120.0, 120.0]]
     assert check(_ann(9, segmentation=outside)) == (None, "zero_area")
+
+
+def test_load_as_rle_gives_the_same_masks(tmp_path):
+    from pycocotools import mask as mask_utils
+
+    from livecellseg.coco import to_rle
+    from livecellseg.evaluation import load_as_rle
+
+    ring = [10.0, 10.0, 30.0, 12.0, 25.0, 40.0]
+    rle = mask_utils.frPyObjects([[5, 5, 9, 5, 9, 9, 5, 9]], 50, 60)[0]
+    rle["counts"] = rle["counts"].decode()
+    doc = {
+        "images": [{"id": 7, "file_name": "a.tif", "width": 60, "height": 50}],
+        "annotations": [
+            {"id": 1, "image_id": 7, "category_id": 1, "segmentation": [ring], "area": 1},
+            {"id": 2, "image_id": 7, "category_id": 1, "segmentation": rle, "area": 1},
+        ],
+        "categories": [{"id": 1, "name": "cell"}],
+    }
+    (tmp_path / "a.json").write_text(json.dumps(doc))
+    got = load_as_rle(tmp_path / "a.json")
+    assert got["images"] == doc["images"] and got["categories"] == doc["categories"]
+    for mine, orig in zip(got["annotations"], doc["annotations"], strict=True):
+        assert isinstance(mine["segmentation"]["counts"], str)
+        a = mask_utils.decode(to_rle(mine["segmentation"], 50, 60))
+        b = mask_utils.decode(to_rle(orig["segmentation"], 50, 60))
+        assert (a == b).all() and a.sum() > 0
+        assert {k: v for k, v in mine.items() if k != "segmentation"} == {
+            k: v for k, v in orig.items() if k != "segmentation"
+        }

@@ -286,3 +286,17 @@ def test_groups_are_not_the_overall_numbers_and_a_group_without_predictions_scor
     assert metrics["BV2"]["ap"] == metrics["BV2"]["ap50"] == 0.0 and np.all(curves["BV2"] <= 0)
     ev = pycocotools_run(gt, no_bv2, [1, 2])
     assert [metrics["A172"][k] for k in AP_NAMES] == pytest.approx(by_hand_at_2000(ev))
+
+
+@pytest.mark.parametrize("chunk", [1, 3])
+def test_matching_images_in_chunks_changes_nothing(chunk):
+    """Images are matched `chunk` at a time (memory), then each group accumulated: the same
+    numbers, to the bit, as matching them all at once."""
+    gt, results = imperfect_case()
+    groups = {"overall": [1, 2, 3, 4], "A172": [1, 2], "BV2": [3, 4], "odd": [3, 1]}
+    once = coco_mask_ap(gt, results, groups, chunk=100)
+    chunked = coco_mask_ap(gt, results, groups, chunk=chunk)
+    for g in groups:
+        assert once[g][0] == chunked[g][0] and np.array_equal(once[g][1], chunked[g][1]), g
+    ev = pycocotools_run(gt, results, [1, 3])
+    assert list(chunked["odd"][0].values()) == pytest.approx(by_hand_at_2000(ev))

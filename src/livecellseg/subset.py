@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
-import mmap
+import os
 import shutil
 from array import array
 from collections import Counter
@@ -284,12 +284,10 @@ def _write_annotations(
     offsets, lengths = records.offset, records.length
     with atomic_path(path) as tmp, open(tmp, "wb") as f, open(spool, "rb") as sp:
         f.write(json.dumps(head)[:-1].encode() + b', "annotations": [')
-        if len(order):
-            with mmap.mmap(sp.fileno(), 0, access=mmap.ACCESS_READ) as m:
-                for n, i in enumerate(order):
-                    if n:
-                        f.write(b", ")
-                    f.write(m[offsets[i] : offsets[i] + lengths[i]])
+        for n, i in enumerate(order):  # pread, not mmap: the spool's pages stay out of RSS
+            if n:
+                f.write(b", ")
+            f.write(os.pread(sp.fileno(), int(lengths[i]), int(offsets[i])))
         f.write(b"]}")
     return len(order)
 
