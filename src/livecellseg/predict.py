@@ -4,12 +4,19 @@
 takes them from what the checkpoint recorded, so the CLI, the app and the pipeline's
 `stitch_predict` predict alike. Images are 2-D uint8 of any size; detections come out in
 full-image coordinates (RLE masks) either way.
+
+Stitched mode does only the work tile ownership can keep (`OwnershipFilter`): a tile owns
+only its centre mini-tile (border tiles: to the image edge), so most of what a tile sees is
+another tile's. Proposals that cannot reach the tile's owned box skip the box head, and
+detections that cannot reach it skip the mask head; stitching then decides as before.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from dataclasses import replace
+from collections.abc import Iterator
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +32,7 @@ from livecellseg.models import MODEL_NAMES, apply_inference, build_model, infere
 from livecellseg.runtime import autocast_dtype
 from livecellseg.settings import Mode, PredictSettings, settings_of_checkpoint
 from livecellseg.stitch import ImageDetections, StitchCounts, TileDetections, stitch, whole_image
-from livecellseg.tiling import tile_windows
+from livecellseg.tiling import Window, owned_box, tile_windows
 from livecellseg.visualize import CellPixels, label_image
 
 log = logging.getLogger(__name__)
@@ -75,8 +82,93 @@ def layout(ckpt: dict) -> dict:
     }
 
 
+# How far from a proposal its detection can lie. The box head learns to regress proposals of
+# IoU >= 0.5 with a cell onto the cell (torchvision's fg_iou_thresh) and to score the rest as
+# background; a box of IoU >= 0.5 with a proposal lies inside the proposal grown by its own
+# width and height on each side (tests/test_predict.py checks the bound).
+PROPOSAL_REACH = 1.0
+# paste_masks_in_image pastes a 28x28 mask into its box grown by 1/28 of its size on each
+# side (a 1-pixel border, mask_rcnn's expand_masks); coordinates are then truncated.
+MASK_REACH = 1 / 28
+PAD_PX = 2.0  # the truncation, and the tile's resize to the model's input scale (< 1%)
+
+
+def reaches(boxes: torch.Tensor, region: torch.Tensor, grow: float, pad: float) -> torch.Tensor:
+    """(n,) whether each box (x0, y0, x1, y1), grown on each side by `grow` times its width
+    and height plus `pad` pixels, overlaps `region` (x0, y0, x1, y1)."""
+    size = boxes[:, 2:] - boxes[:, :2]
+    lo, hi = boxes[:, :2] - grow * size - pad, boxes[:, 2:] + grow * size + pad
+    return ((lo < region[2:]) & (hi > region[:2])).all(1)
+
+
+@dataclass
+class OwnershipFilter:
+    """Makes a Mask R-CNN skip the work tile ownership would throw away.
+
+    A detection is kept only if its mask overlaps its tile's owned box (stitch.py), and its
+    mask lies inside its box grown by MASK_REACH: a detection whose grown box misses the
+    owned box gets no mask (exact: stitching would drop it). Its box comes from a proposal
+    within PROPOSAL_REACH, so a proposal whose box grown by that, and by the mask's reach,
+    misses the owned box skips the box head. This one assumes the box head keeps its
+    training (a detection has IoU >= 0.5 with its proposal); the README gives what it
+    changes on the sample. `owned[i]` is batch image i's owned box in its pixels.
+    """
+
+    owned: list[Window]
+    sizes: list[tuple[int, int]]  # (height, width) of each image of the batch
+    skipped_proposals: int = 0
+    skipped_detections: int = 0
+    _regions: list[torch.Tensor] = field(default_factory=list, repr=False)
+
+    def _scale(self, image_sizes: list[tuple[int, int]], device: torch.device) -> None:
+        """The owned boxes in the model's resized input coordinates."""
+        self._regions = [
+            torch.tensor([o.x0, o.y0, o.x1, o.y1], dtype=torch.float32, device=device)
+            * torch.tensor([w1 / w, h1 / h] * 2, device=device)
+            for o, (h, w), (h1, w1) in zip(self.owned, self.sizes, image_sizes, strict=True)
+        ]
+
+    def _reaching(self, boxes: list[torch.Tensor], grow: float) -> list[torch.Tensor]:
+        return [reaches(b, r, grow, PAD_PX) for b, r in zip(boxes, self._regions, strict=True)]
+
+    @contextlib.contextmanager
+    def applied(self, model: torch.nn.Module) -> Iterator[None]:
+        rpn, heads = model.rpn, model.roi_heads
+        rpn_forward, postprocess = rpn.forward, heads.postprocess_detections
+        proposal_reach = PROPOSAL_REACH + (1 + 2 * PROPOSAL_REACH) * MASK_REACH
+
+        def filtered_rpn(images, features, targets=None):
+            proposals, losses = rpn_forward(images, features, targets)
+            self._scale(images.image_sizes, proposals[0].device)
+            keep = self._reaching(proposals, proposal_reach)
+            self.skipped_proposals += sum(int((~k).sum()) for k in keep)
+            return _take(proposals, keep), losses
+
+        def filtered_detections(*args, **kwargs):
+            boxes, scores, labels = postprocess(*args, **kwargs)
+            keep = self._reaching(boxes, MASK_REACH)
+            self.skipped_detections += sum(int((~k).sum()) for k in keep)
+            return _take(boxes, keep), _take(scores, keep), _take(labels, keep)
+
+        rpn.forward, heads.postprocess_detections = filtered_rpn, filtered_detections
+        try:
+            yield
+        finally:
+            del rpn.forward, heads.postprocess_detections
+
+
+def _take(tensors: list[torch.Tensor], keep: list[torch.Tensor]) -> list[torch.Tensor]:
+    return [t[k] for t, k in zip(tensors, keep, strict=True)]
+
+
 class Predictor:
-    """Segments images with one model; stitched (25 tiles) or whole-image inference."""
+    """Segments images with one model; stitched (25 tiles) or whole-image inference.
+
+    `owned_only` (stitched mode): skip the work ownership throws away (OwnershipFilter);
+    False runs every proposal through the heads, as before it existed (bench/predict.py).
+    """
+
+    owned_only: bool = True
 
     def __init__(
         self,
@@ -119,12 +211,18 @@ class Predictor:
         return self.settings.inference.score_thresh
 
     @torch.inference_mode()
-    def forward(self, images: list[np.ndarray]) -> list[TileDetections]:
-        """Model outputs for a batch of gray images: bool masks (n, h, w) and scores."""
+    def forward(
+        self, images: list[np.ndarray], only: OwnershipFilter | None = None
+    ) -> list[TileDetections]:
+        """Model outputs for a batch of gray images: bool masks (n, h, w) and scores; with
+        `only`, of the detections that can reach each image's owned box."""
         batch = [gray_to_tensor(im).to(self.device, non_blocking=True) for im in images]
         s = self.settings.stitch
         dtype = autocast_dtype(self.device, s.amp)
-        with torch.autocast(self.device.type, dtype=dtype, enabled=dtype is not None):
+        with (
+            torch.autocast(self.device.type, dtype=dtype, enabled=dtype is not None),
+            only.applied(self.model) if only else contextlib.nullcontext(),
+        ):
             outputs = self.model(batch)
         return [
             TileDetections(
@@ -162,9 +260,18 @@ class Predictor:
         windows = tile_windows(h, w, s.grid, s.window)
         crops = [image[win.y0 : win.y1, win.x0 : win.x1] for win in windows]
         tiles: list[TileDetections] = []
+        skipped = [0, 0]
         for i in range(0, len(crops), s.batch_size):
-            tiles.extend(self.forward(crops[i : i + s.batch_size]))
-        return stitch(
+            batch, wins = crops[i : i + s.batch_size], windows[i : i + s.batch_size]
+            only = None
+            if self.owned_only:
+                owned = [shifted(owned_box(w_, h, w, s.grid, s.window), w_) for w_ in wins]
+                only = OwnershipFilter(owned, [c.shape for c in batch])
+            tiles.extend(self.forward(batch, only))
+            if only:
+                skipped[0] += only.skipped_proposals
+                skipped[1] += only.skipped_detections
+        det, counts = stitch(
             tiles,
             h,
             w,
@@ -173,6 +280,15 @@ class Predictor:
             min_owned=s.min_owned,
             nms_iou=s.nms_iou,
         )
+        counts.skipped_proposals, counts.skipped = skipped
+        return det, counts
+
+
+def shifted(box: Window, tile: Window) -> Window:
+    """`box` in the pixel coordinates of `tile`."""
+    return replace(
+        box, y0=box.y0 - tile.y0, y1=box.y1 - tile.y0, x0=box.x0 - tile.x0, x1=box.x1 - tile.x0
+    )
 
 
 def to_coco_results(image_id: int, det: ImageDetections) -> list[dict]:

@@ -30,7 +30,9 @@ class TileDetections:
 
 @dataclass
 class StitchCounts:
-    raw: int = 0  # detections over all tiles
+    skipped_proposals: int = 0  # proposals that could not reach their tile's owned box (predict)
+    skipped: int = 0  # detections that could not reach it: no mask computed (predict)
+    raw: int = 0  # detections with a mask, over all tiles
     empty: int = 0  # empty mask after thresholding
     not_owned: int = 0  # mostly outside the tile's owned mini-tiles (another tile keeps it)
     duplicates: int = 0  # removed by the cross-tile mask NMS
