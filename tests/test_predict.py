@@ -137,3 +137,11 @@ def test_coco_results_of_a_dense_image():
     results = to_coco_results(7, det)
     assert [r["area"] for r in results] == [1 + i % 50 for i in range(300)]
     assert all(r["bbox"][3] == 1 for r in results)
+
+
+def test_prediction_on_a_cpu_autocasts_to_bfloat16_only_when_asked(predictor, monkeypatch):
+    monkeypatch.setattr("livecellseg.runtime.cpu_has_bf16", lambda: True)  # even on a bf16 CPU
+    p = Predictor(predictor.model, torch.device("cpu"), tiny_predict_settings())
+    assert p.settings.stitch.amp and p.autocast_dtype() is None
+    p.cpu_bf16 = True
+    assert p.autocast_dtype() == torch.bfloat16

@@ -166,9 +166,12 @@ class Predictor:
 
     `owned_only` (stitched mode): skip the work ownership throws away (OwnershipFilter);
     False runs every proposal through the heads, as before it existed (bench/predict.py).
+    `cpu_bf16`: bfloat16 autocast on a CPU. Off by default: on the sample it moved F1 and AP
+    by more than 0.005 (README, Performance); on CUDA, `train.amp` gives float16 autocast.
     """
 
     owned_only: bool = True
+    cpu_bf16: bool = False
 
     def __init__(
         self,
@@ -218,7 +221,7 @@ class Predictor:
         `only`, of the detections that can reach each image's owned box."""
         batch = [gray_to_tensor(im).to(self.device, non_blocking=True) for im in images]
         s = self.settings.stitch
-        dtype = autocast_dtype(self.device, s.amp)
+        dtype = self.autocast_dtype()
         with (
             torch.autocast(self.device.type, dtype=dtype, enabled=dtype is not None),
             only.applied(self.model) if only else contextlib.nullcontext(),
@@ -231,6 +234,13 @@ class Predictor:
             )
             for out in outputs
         ]
+
+    def autocast_dtype(self) -> torch.dtype | None:
+        """float16 on CUDA with `train.amp`; bfloat16 on a CPU only with `cpu_bf16` (which
+        oneDNN emulates, ~50x slower, on a CPU without AVX512-BF16 or AMX)."""
+        if self.device.type == "cpu":
+            return torch.bfloat16 if self.cpu_bf16 else None
+        return autocast_dtype(self.device, self.settings.stitch.amp)
 
     def whole_image_inference(self, height: int, width: int):
         """The inference settings of one pass on a whole image: native scale, budgets scaled
