@@ -1,0 +1,143 @@
+"""Growth curves from time-lapse images: what a LIVECell name says, and a well's doubling time.
+
+LIVECell's images are Incucyte time-lapse crops, named
+`<line>_Phase_<well>_<field>_<DD>d<HH>h<MM>m_<crop>.tif`: `SHSY5Y_Phase_B10_1_01d12h00m_1.tif`
+is well B10, field 1, crop 1 (a position in the well: field and crop), 1 day 12 h after the
+start. `parse_name` reads that (or any naming a regular expression describes);
+`doubling_time` fits log2(count) against time over a well's exponential phase. Pure functions
+of names and numbers.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import stats
+
+from livecellseg.errors import LivecellsegError
+
+LIVECELL_NAME = (
+    r"(?P<line>[A-Za-z0-9]+)_Phase_(?P<well>[A-Za-z]+\d+)_(?P<field>\d+)_"
+    r"(?P<days>\d+)d(?P<hours>\d+)h(?P<minutes>\d+)m_(?P<crop>\d+)\.tiff?"
+)
+# a --pattern names `well` and either `hours` alone (decimal hours) or days/hours/minutes;
+# `line`, `field` and `crop` are optional
+REQUIRED_GROUPS = {"well", "hours"}
+PLATEAU = 0.9  # a mean count within 10% of a well's highest: it has stopped growing
+
+
+@dataclass(frozen=True)
+class TimePoint:
+    """Where and when an image was taken."""
+
+    line: str
+    well: str
+    position: str  # field and crop ("1_3"): the same place in the well at every time
+    hours: float  # since the start of imaging
+
+
+def parse_name(file_name: str, pattern: str | None = None) -> TimePoint:
+    """The cell line, well, position and elapsed hours a file name gives.
+
+    `pattern`: a regular expression matched against the whole base name, with the named
+    groups `well` and `hours` (a decimal number of hours, or with `days` and `minutes`
+    beside it: LIVECell's `01d12h00m`), optionally `line`, `field`, `crop`.
+    """
+    base = file_name.replace("\\", "/").rsplit("/", 1)[-1]
+    regex = re.compile(pattern or LIVECELL_NAME)
+    if missing := REQUIRED_GROUPS - set(regex.groupindex):
+        raise LivecellsegError(
+            f"--pattern {pattern!r}: names no group {', '.join(sorted(missing))}; give "
+            "(?P<well>...) and (?P<hours>...) (with (?P<days>...) and (?P<minutes>...) if the "
+            "time is written as days, hours, minutes)"
+        )
+    m = regex.fullmatch(base)
+    if m is None:
+        shape = (
+            "the --pattern given"
+            if pattern
+            else ("LIVECell's <line>_Phase_<well>_<field>_<DD>d<HH>h<MM>m_<crop>.tif")
+        )
+        raise LivecellsegError(
+            f"{file_name}: name does not follow {shape}; pass --pattern with named groups "
+            "well and hours (README, Growth curves)"
+        )
+    g = m.groupdict()
+    hours = float(g["hours"]) + 24 * float(g.get("days") or 0) + float(g.get("minutes") or 0) / 60
+    position = "_".join(g[k] for k in ("field", "crop") if g.get(k)) or "1"
+    return TimePoint(g.get("line") or "", g["well"], position, hours)
+
+
+@dataclass(frozen=True)
+class DoublingTime:
+    """A well's doubling time from a log-linear fit, or why there is none."""
+
+    hours: float | None  # None: not estimable (`reason` says why)
+    ci95: tuple[float, float] | None  # the 95% interval; its upper end may be inf
+    r2: float | None
+    points: int  # (position, time) counts in the fit
+    start_h: float | None  # the exponential phase fitted
+    end_h: float | None
+    reason: str = ""
+
+    @property
+    def estimable(self) -> bool:
+        return self.hours is not None
+
+
+def _not_estimable(reason: str, points: int = 0) -> DoublingTime:
+    return DoublingTime(None, None, None, points, None, None, f"not estimable: {reason}")
+
+
+def doubling_time(hours: np.ndarray, counts: np.ndarray, *, min_times: int = 3) -> DoublingTime:
+    """Doubling time of one well from its counts (one per position and time point).
+
+    The exponential phase runs from the first time point to the first whose mean count is
+    within PLATEAU of the highest (the culture has stopped growing: confluence; later points
+    only scatter around that level); log2(count) is fitted
+    against time by least squares over every count in it, and the doubling time is
+    1/slope, its 95% interval from the slope's t interval. Not estimable: fewer than
+    `min_times` time points in the phase, or a slope whose interval does not exclude zero
+    (a flat or shrinking well). Zero counts cannot be logged and are left out (counted in
+    `points` only if used).
+    """
+    hours, counts = np.asarray(hours, float), np.asarray(counts, float)
+    if len(hours) != len(counts):
+        raise ValueError(f"{len(hours)} times for {len(counts)} counts")
+    keep = counts > 0
+    hours, counts = hours[keep], counts[keep]
+    times = np.unique(hours)
+    if len(times) < min_times:
+        return _not_estimable(
+            f"{len(times)} time points with cells, {min_times} needed", len(hours)
+        )
+    means = np.array([counts[hours == t].mean() for t in times])
+    end = times[int(np.argmax(means >= PLATEAU * means.max()))]
+    phase = hours <= end
+    n_times = int((times <= end).sum())
+    if n_times < min_times:
+        return _not_estimable(
+            f"no growth after {end:g} h (the count is at its highest there), "
+            f"{n_times} time points of growth, {min_times} needed",
+            int(phase.sum()),
+        )
+    x, y = hours[phase], np.log2(counts[phase])
+    fit = stats.linregress(x, y)
+    df = len(x) - 2
+    half = stats.t.ppf(0.975, df) * fit.stderr if df > 0 else math.inf
+    if not fit.slope - half > 0:
+        return _not_estimable(
+            f"no significant growth (log2 slope {fit.slope:.4g} +- {half:.2g} per h)", len(x)
+        )
+    hi = 1 / (fit.slope - half)
+    return DoublingTime(
+        hours=1 / fit.slope,
+        ci95=(1 / (fit.slope + half), hi),
+        r2=float(fit.rvalue**2),
+        points=len(x),
+        start_h=float(times[0]),
+        end_h=float(end),
+    )
