@@ -38,7 +38,7 @@ def test_every_command_has_complete_help():
     exe = shutil.which("livecellseg", path=str(sys.executable.rsplit("/", 1)[0]))
     assert exe, "the console script is installed with the package"
     out = subprocess.run([exe, "--help"], capture_output=True, text=True, check=True).stdout
-    for command in ("predict", "app", "explain", "export"):
+    for command in ("predict", "growth", "app", "explain", "export"):
         assert command in out
         sub = subprocess.run([exe, command, "--help"], capture_output=True, text=True, check=True)
         assert "usage: livecellseg " + command in sub.stdout

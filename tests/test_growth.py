@@ -68,3 +68,86 @@ def test_a_flat_noisy_shrinking_or_short_series_is_not_estimable(times, counts, 
     fit = doubling_time(np.array(times), np.array(counts))
     assert not fit.estimable and fit.hours is None and fit.ci95 is None
     assert fit.reason.startswith("not estimable") and why in fit.reason
+
+
+def test_confluence_and_counts_of_constructed_masks_give_the_doubling_time():
+    """Measures from masks (overlapping cells counted once in the confluence), then the fit."""
+    from pycocotools import mask as mask_utils
+
+    from livecellseg.growth import fit_wells, image_measures, well_rows
+
+    h, w = 120, 160
+    rng = np.random.default_rng(1)
+    rows = []
+    for hours in (0, 12, 24, 36):
+        for position in ("1_1", "1_2", "2_1"):
+            n = round(6 * 2 ** (hours / 15) * rng.uniform(0.95, 1.05))
+            masks = np.zeros((h, w, n), np.uint8, order="F")
+            for k in range(n):
+                y, x = rng.integers(5, h - 5), rng.integers(5, w - 5)
+                masks[y - 3 : y + 3, x - 3 : x + 3, k] = 1
+            rles = mask_utils.encode(masks)
+            m = image_measures(list(rles), h, w)
+            union = masks.any(2).sum()
+            assert m["cells"] == n and m["confluence_pct"] == pytest.approx(
+                100 * union / (h * w), abs=1e-3
+            )
+            rows.append({"line": "A172", "well": "B3", "position": position, "hours": hours} | m)
+    (fit,) = fit_wells(rows).values()
+    assert fit.hours == pytest.approx(15, rel=0.15)
+    wells = well_rows(rows)
+    assert [r["positions"] for r in wells] == [3] * 4 and wells[0]["cells_sd"] >= 0
+    assert image_measures([], h, w) == {"cells": 0, "confluence_pct": 0.0, "mean_cell_area_px": ""}
+
+
+@pytest.fixture(scope="module")
+def series_dir(tmp_path_factory):
+    from livecellseg.images import write_gray
+    from tests.conftest import small_image
+
+    d = tmp_path_factory.mktemp("timelapse")
+    image, _ = small_image()
+    for well in ("B3", "C4"):
+        for field in (1, 2):
+            for hours in (0, 12, 24):
+                write_gray(d / f"A172_Phase_{well}_{field}_00d{hours:02d}h00m_1.tif", image)
+    return d
+
+
+def test_the_growth_command_writes_tables_plot_and_fits(series_dir, tmp_path, raw_params, capsys):
+    import csv
+    import json
+
+    from livecellseg.cli import main
+    from tests.conftest import save_tiny_checkpoint
+
+    ckpt = save_tiny_checkpoint(tmp_path / "custom.pt", raw_params)
+    out = tmp_path / "out"
+    rc = main(
+        ["growth", str(series_dir), "--model", str(ckpt), "--out", str(out), "--mode", "whole"]
+    )
+    assert rc == 0
+    rows = list(csv.DictReader((out / "growth.csv").open()))
+    assert len(rows) == 12 and {r["well"] for r in rows} == {"B3", "C4"}
+    assert {r["position"] for r in rows} == {"1_1", "2_1"} and rows[0]["hours"] == "0.0"
+    wells = list(csv.DictReader((out / "wells.csv").open()))
+    assert len(wells) == 6 and all(w["positions"] == "2" for w in wells)
+    fits = json.loads((out / "doubling.json").read_text())
+    assert set(fits) == {"A172 B3", "A172 C4"}
+    # the same image at every time point: no growth, and the command says so
+    assert all(f["hours"] is None and "not estimable" in f["reason"] for f in fits.values())
+    assert (out / "growth.png").read_bytes()[:4] == b"\x89PNG"
+    assert "A172 B3: not estimable" in capsys.readouterr().out
+
+
+def test_the_growth_command_stops_on_a_name_it_cannot_parse(series_dir, tmp_path, capsys):
+    from livecellseg.cli import main
+
+    bad = tmp_path / "well_B3_day1.tif"
+    bad.write_bytes((next(series_dir.iterdir())).read_bytes())
+    rc = main(
+        ["growth", str(series_dir), str(bad), "--model", "none.pt", "--out", str(tmp_path / "o")]
+    )
+    err = capsys.readouterr().err.strip()
+    assert rc == 1 and err.count("\n") == 0 and "well_B3_day1.tif: name does not follow" in err
+    assert not (tmp_path / "o").exists()  # stopped before any work

@@ -2,6 +2,7 @@
 
 livecellseg predict IMAGE_OR_DIR... --model models/custom.pt [--out DIR] [--score S]
 livecellseg app [--models models] [--host 127.0.0.1] [--port 7860]
+livecellseg growth IMAGE_OR_DIR... --model models/custom.pt [--out DIR] [--pattern RE]
 livecellseg explain IMAGE --model models/custom.pt [--out DIR]
 livecellseg export models/custom_last.pt custom_weights.pt
 livecellseg get-livecell data/livecell [--base-url URL] [--keep-zip]
@@ -95,6 +96,31 @@ def _parser() -> argparse.ArgumentParser:
         help="auto: CUDA when present (default)",
     )
     pr.set_defaults(run=_predict)
+
+    gr = sub.add_parser(
+        "growth",
+        help="growth curves of time-lapse images: counts, confluence, doubling time per well",
+        description=(
+            "Segment time-lapse images named as LIVECell's (<line>_Phase_<well>_<field>_"
+            "<DD>d<HH>h<MM>m_<crop>.tif, or --pattern) and follow each well over time. Writes "
+            "growth.csv (per image: line, well, position, hours, cells, confluence %%, mean "
+            "cell area), wells.csv (per well and time: mean and sd over positions), "
+            "doubling.json (per well: doubling time, 95%% interval, R2 of the log-linear fit "
+            "over the exponential phase, or why it is not estimable) and growth.png."
+        ),
+    )
+    gr.add_argument("inputs", nargs="+", type=Path, metavar="IMAGE_OR_DIR")
+    gr.add_argument("--model", type=Path, required=True, help="trained checkpoint")
+    gr.add_argument("--out", type=Path, default=Path("growth"), help="default: %(default)s")
+    gr.add_argument(
+        "--pattern",
+        help="regular expression for other names, with named groups well and hours "
+        "(or days, hours, minutes), optionally line, field, crop",
+    )
+    gr.add_argument("--score", type=float, default=None, help="as for predict")
+    gr.add_argument("--mode", choices=("stitched", "whole"), default=None, help="as for predict")
+    gr.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    gr.set_defaults(run=_growth)
 
     ap = sub.add_parser(
         "app",
@@ -304,6 +330,64 @@ def _predict(args) -> int:
         + (f"; {failed} skipped (see above)" if failed else "")
     )
     return 1 if failed else 0
+
+
+def _growth(args) -> int:
+    from dataclasses import asdict
+
+    from tqdm import tqdm
+
+    from livecellseg.growth import fit_wells, image_measures, parse_name, plot_growth, well_rows
+    from livecellseg.images import load_image
+    from livecellseg.io import write_csv, write_json
+    from livecellseg.predict import Predictor
+    from livecellseg.runtime import pick_device
+
+    files = collect_images(args.inputs)
+    if not files:
+        raise LivecellsegError(
+            f"no images found in {' '.join(map(str, args.inputs))}; pass image files or "
+            "directories holding them"
+        )
+    points = [parse_name(f.name, args.pattern) for f in files]  # every name, before any work
+    predictor, ckpt = Predictor.from_checkpoint(
+        args.model, pick_device(args.device), score_thresh=args.score
+    )
+    mode = args.mode or predictor.settings.stitch.mode
+    log.info("%s model on %d images, %s mode -> %s", ckpt["name"], len(files), mode, args.out)
+    rows, skipped = [], 0
+    for path, point in tqdm(list(zip(files, points, strict=True)), unit="img", desc="growth"):
+        try:
+            image, _ = load_image(path)
+        except LivecellsegError as e:
+            log.error("skipped: %s", e)
+            skipped += 1
+            continue
+        det, _ = predictor(image, mode)
+        rows.append({"file": str(path), **asdict(point)} | image_measures(det.rles, *image.shape))
+    if not rows:
+        raise LivecellsegError(f"none of the {len(files)} images could be read (see above)")
+    rows.sort(key=lambda r: (r["line"], r["well"], r["hours"], r["position"]))
+    wells = well_rows(rows)
+    fits = fit_wells(rows)
+    args.out.mkdir(parents=True, exist_ok=True)
+    write_csv(args.out / "growth.csv", rows)
+    write_csv(args.out / "wells.csv", wells)
+    write_json(args.out / "doubling.json", {name: asdict(f) for name, f in fits.items()})
+    plot_growth(wells, fits, args.out / "growth.png")
+    for name, f in fits.items():
+        if f.estimable:
+            print(
+                f"{name}: doubling time {f.hours:.1f} h (95% CI {f.ci95[0]:.1f}-{f.ci95[1]:.1f}), "
+                f"R2 {f.r2:.3f}, {f.start_h:g}-{f.end_h:g} h, {f.points} counts"
+            )
+        else:
+            print(f"{name}: {f.reason}")
+    print(
+        f"{len(rows)} of {len(files)} images -> {args.out}"
+        + (f"; {skipped} skipped (see above)" if skipped else "")
+    )
+    return 1 if skipped else 0
 
 
 def _print_table(rows: list[dict]) -> None:

@@ -141,3 +141,86 @@ def doubling_time(hours: np.ndarray, counts: np.ndarray, *, min_times: int = 3) 
         start_h=float(times[0]),
         end_h=float(end),
     )
+
+
+def image_measures(rles: list[dict], height: int, width: int) -> dict:
+    """Cells, confluence (% of the image any cell covers) and mean cell area of one image."""
+    from pycocotools import mask as mask_utils
+
+    if not rles:
+        return {"cells": 0, "confluence_pct": 0.0, "mean_cell_area_px": ""}
+    covered = float(mask_utils.area(mask_utils.merge(rles, intersect=False)))
+    areas = [float(mask_utils.area(r)) for r in rles]
+    return {
+        "cells": len(rles),
+        "confluence_pct": round(100 * covered / (height * width), 3),
+        "mean_cell_area_px": round(float(np.mean(areas)), 1),
+    }
+
+
+def well_rows(rows: list[dict]) -> list[dict]:
+    """Per well and time point: mean and sd over positions of the count and the confluence
+    (`rows`: one per image with line, well, hours, cells, confluence_pct)."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        groups.setdefault((r["line"], r["well"], r["hours"]), []).append(r)
+    out = []
+    for (line, well, hours), rs in sorted(groups.items()):
+        cells = np.array([r["cells"] for r in rs], float)
+        conf = np.array([r["confluence_pct"] for r in rs], float)
+        out.append(
+            {
+                "line": line,
+                "well": well,
+                "hours": hours,
+                "positions": len(rs),
+                "cells_mean": round(float(cells.mean()), 3),
+                "cells_sd": _sd(cells),
+                "confluence_mean": round(float(conf.mean()), 3),
+                "confluence_sd": _sd(conf),
+            }
+        )
+    return out
+
+
+def _sd(values: np.ndarray) -> float:
+    return round(float(values.std(ddof=1)), 3) if len(values) > 1 else 0.0
+
+
+def fit_wells(rows: list[dict]) -> dict[str, DoublingTime]:
+    """`doubling_time` of each well ("<line> <well>"), from its per-image counts."""
+    wells: dict[str, list[dict]] = {}
+    for r in rows:
+        wells.setdefault(f"{r['line']} {r['well']}".strip(), []).append(r)
+    return {
+        name: doubling_time(np.array([r["hours"] for r in rs]), np.array([r["cells"] for r in rs]))
+        for name, rs in sorted(wells.items())
+    }
+
+
+def plot_growth(wells: list[dict], fits: dict[str, DoublingTime], path) -> None:
+    """Count and confluence against time per well (mean +- sd over positions) as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from livecellseg.io import atomic_path
+
+    fig, (ax_n, ax_c) = plt.subplots(1, 2, figsize=(11, 4.2))
+    for name in fits:
+        rs = [w for w in wells if f"{w['line']} {w['well']}".strip() == name]
+        t = np.array([w["hours"] for w in rs])
+        for ax, key in ((ax_n, "cells"), (ax_c, "confluence")):
+            m, s = np.array([w[f"{key}_mean"] for w in rs]), np.array([w[f"{key}_sd"] for w in rs])
+            fit = fits[name]
+            label = name + (f" (doubling {fit.hours:.1f} h)" if fit.estimable else "")
+            (line,) = ax.plot(t, m, marker="o", ms=3, label=label)
+            ax.fill_between(t, m - s, m + s, color=line.get_color(), alpha=0.2)
+    ax_n.set(xlabel="hours", ylabel="cells per image", yscale="log", title="Cell count")
+    ax_c.set(xlabel="hours", ylabel="% of image covered", title="Confluence")
+    ax_n.legend(fontsize=7)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
+    plt.close(fig)
