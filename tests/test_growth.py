@@ -151,3 +151,37 @@ def test_the_growth_command_stops_on_a_name_it_cannot_parse(series_dir, tmp_path
     err = capsys.readouterr().err.strip()
     assert rc == 1 and err.count("\n") == 0 and "well_B3_day1.tif: name does not follow" in err
     assert not (tmp_path / "o").exists()  # stopped before any work
+
+
+def test_the_app_growth_tab_from_uploads_or_a_local_folder(series_dir, tmp_path, raw_params):
+    from livecellseg.app import Segmenter, growth
+    from livecellseg.errors import LivecellsegError
+    from tests.conftest import save_tiny_checkpoint
+
+    checkpoints = {"custom": save_tiny_checkpoint(tmp_path / "custom.pt", raw_params)}
+    seg = Segmenter("cpu")
+    files = sorted(str(p) for p in series_dir.iterdir())
+    plot, rows, downloads, skipped = growth(
+        seg, checkpoints, files, "", "custom", "whole", tmp_path, allow_folders=False
+    )
+    assert [r[0] for r in rows] == ["A172 B3", "A172 C4"] and skipped == []
+    assert all(r[1] is None and r[5].startswith("not estimable") for r in rows)  # same image
+    assert [p.name for p in downloads] == ["growth.csv", "wells.csv", "doubling.json", "growth.png"]
+    assert plot == downloads[3] and plot.read_bytes()[:4] == b"\x89PNG"
+    with pytest.raises(LivecellsegError, match="only when the app serves this computer alone"):
+        growth(
+            seg,
+            checkpoints,
+            None,
+            str(series_dir),
+            "custom",
+            "whole",
+            tmp_path,
+            allow_folders=False,
+        )
+    _, same, _, _ = growth(
+        seg, checkpoints, None, str(series_dir), "custom", "whole", tmp_path, allow_folders=True
+    )
+    assert same == rows
+    with pytest.raises(LivecellsegError, match="no images"):
+        growth(seg, checkpoints, [], "", "custom", "whole", tmp_path, allow_folders=True)

@@ -316,6 +316,58 @@ def explain(
     return rows, [(str(f), f.stem) for f in files if f.suffix == ".png"]
 
 
+GROWTH_HEADERS = ["well", "doubling time (h)", "95% CI low", "95% CI high", "R²", "note"]
+
+
+def growth(
+    segmenter: Segmenter,
+    checkpoints: dict[str, Path],
+    files: list | None,
+    folder: str | None,
+    checkpoint_label: str | None,
+    mode: str,
+    work: Path,
+    *,
+    allow_folders: bool,
+) -> tuple[Path, list[list], list[Path], list[str]]:
+    """The Growth tab's answer: time-lapse images (uploaded, or a folder on this computer)
+    segmented with the checkpoint's own score threshold; the plot, a row per well, the
+    downloads (growth.csv, wells.csv, doubling.json, growth.png) and the files skipped."""
+    from livecellseg.growth import analyse, write_growth
+
+    paths = [Path(f) for f in files or []]
+    if folder and folder.strip():
+        if not allow_folders:
+            raise LivecellsegError(
+                "a folder path is read only when the app serves this computer alone "
+                "(--host 127.0.0.1); upload the images instead"
+            )
+        d = Path(folder.strip()).expanduser()
+        if not d.is_dir():
+            raise LivecellsegError(f"{d}: no such folder on this computer; give a folder of images")
+        paths += sorted(p for p in d.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not paths:
+        raise LivecellsegError("no images: upload time-lapse images or give a folder of them")
+    checkpoint = checkpoint_path(checkpoints, checkpoint_label)
+    if mode not in get_args(Mode):
+        raise LivecellsegError(f"mode {mode!r}: choose one of {list(get_args(Mode))}")
+    threshold = segmenter.predictor(checkpoint).trained_score_thresh
+
+    def cells(image):
+        det = segmenter.predict(image, checkpoint, mode).detections
+        return det.take(det.above(threshold)).rles
+
+    result = analyse(paths, cells)
+    downloads = write_growth(result, Path(tempfile.mkdtemp(dir=work, prefix="growth-")))
+    rows = [
+        [name, *(round(v, 2) for v in (f.hours, *f.ci95, f.r2)), ""]
+        if f.estimable
+        else [name, None, None, None, None, f.reason]
+        for name, f in result.fits.items()
+    ]
+    return downloads[3], rows, downloads, result.skipped
+
+
 @contextlib.contextmanager
 def _gradio_errors(gr):
     """A LivecellsegError becomes a gr.Error with its message; anything else is logged with
@@ -331,7 +383,12 @@ def _gradio_errors(gr):
 
 
 def _gradio_adapters(
-    gr, segmenter: Segmenter, checkpoints: dict[str, Path], examples: dict[str, Path], work: Path
+    gr,
+    segmenter: Segmenter,
+    checkpoints: dict[str, Path],
+    examples: dict[str, Path],
+    work: Path,
+    allow_folders: bool = False,
 ) -> SimpleNamespace:
     """The event handlers as Gradio calls them: each calls the plain function and turns its
     values into component values, its notes into gr.Warning, its errors into gr.Error."""
@@ -367,8 +424,30 @@ def _gradio_adapters(
         with _gradio_errors(gr):
             return explain(segmenter, checkpoints, source, label, work)
 
+    def growth_(files, folder, label, mode, progress=gr.Progress()):  # noqa: B008
+        progress(0.1, desc="segmenting the series")
+        with _gradio_errors(gr):
+            plot, rows, downloads, skipped = growth(
+                segmenter,
+                checkpoints,
+                files,
+                folder,
+                label,
+                mode,
+                work,
+                allow_folders=allow_folders,
+            )
+        for reason in skipped:
+            gr.Warning(html.escape(f"skipped: {reason}"))
+        return str(plot), rows, [str(p) for p in downloads]
+
     return SimpleNamespace(
-        segment=segment_, control=control, checkpoint=checkpoint, example=example, explain=explain_
+        segment=segment_,
+        control=control,
+        checkpoint=checkpoint,
+        example=example,
+        explain=explain_,
+        growth=growth_,
     )
 
 
@@ -377,6 +456,11 @@ INTRO = (
     "Upload a phase-contrast image or pick an example; outlines are drawn in magenta. "
     "Moving the score threshold re-filters the cached prediction without re-running the model."
 )
+GROWTH_INTRO = (
+    "Time-lapse images named as LIVECell's (`<line>_Phase_<well>_<field>_<DD>d<HH>h<MM>m_"
+    "<crop>.tif`): cells and confluence per image, mean ± sd over positions per well, and "
+    "each well's doubling time from a log-linear fit over its exponential phase."
+)
 EXPLAIN_INTRO = (
     "One forward pass on the current image with hooks on the backbone stages, CBAM blocks, "
     "FPN levels, RPN and heads: each module's share of the mean absolute activation, its "
@@ -384,14 +468,21 @@ EXPLAIN_INTRO = (
 )
 
 
-def build_app(segmenter: Segmenter, checkpoints: dict[str, Path], examples: dict[str, Path]):
-    """The Gradio Blocks: a Segment tab and an Explain tab; layout and wiring only."""
+def build_app(
+    segmenter: Segmenter,
+    checkpoints: dict[str, Path],
+    examples: dict[str, Path],
+    *,
+    allow_folders: bool = False,
+):
+    """The Gradio Blocks: Segment, Explain and Growth tabs; layout and wiring only.
+    `allow_folders`: the Growth tab reads a folder path on the server (local use only)."""
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     import gradio as gr
 
     work = Path(tempfile.mkdtemp(prefix="livecellseg-app-"))
     area_histogram(np.ones(3))  # imports pandas now, not on the first slider move
-    on = _gradio_adapters(gr, segmenter, checkpoints, examples, work)
+    on = _gradio_adapters(gr, segmenter, checkpoints, examples, work, allow_folders)
     first = next(iter(checkpoints), None)
     # the page starts with the first checkpoint's score threshold and mode
     start = checkpoint_defaults(segmenter, checkpoints, first) if first else (MIN_SCORE, None)
@@ -457,6 +548,39 @@ def build_app(segmenter: Segmenter, checkpoints: dict[str, Path], examples: dict
                 interactive=False,
             )
             gallery = gr.Gallery(label="Feature maps and attention", columns=2, height="auto")
+        with gr.Tab("Growth"):
+            gr.Markdown(GROWTH_INTRO)
+            with gr.Row():
+                with gr.Column(scale=1):
+                    series = gr.File(
+                        label="Time-lapse images (LIVECell names)",
+                        file_count="multiple",
+                        file_types=list(IMAGE_SUFFIXES),
+                        type="filepath",
+                        elem_id="series",
+                    )
+                    folder = gr.Textbox(
+                        label="…or a folder on this computer",
+                        interactive=allow_folders,
+                        placeholder="/path/to/images"
+                        if allow_folders
+                        else "only with --host 127.0.0.1",
+                        elem_id="folder",
+                    )
+                    growth_ckpt = gr.Dropdown(
+                        list(checkpoints), value=first, label="Model checkpoint"
+                    )
+                    growth_mode = gr.Radio(list(get_args(Mode)), value="whole", label="Mode")
+                    growth_btn = gr.Button("Analyse", variant="primary", elem_id="growth-run")
+                with gr.Column(scale=2):
+                    growth_plot = gr.Image(label="Growth", format="png", interactive=False)
+                    fits = gr.Dataframe(headers=GROWTH_HEADERS, interactive=False, elem_id="fits")
+                    growth_files = gr.File(
+                        label="Downloads: growth.csv, wells.csv, doubling.json, growth.png",
+                        file_count="multiple",
+                        interactive=False,
+                        elem_id="growth-downloads",
+                    )
 
         outputs = [overlay, count, mean_area, summary, hist, downloads]
         inputs = [source, ckpt, mode, score]
@@ -484,6 +608,12 @@ def build_app(segmenter: Segmenter, checkpoints: dict[str, Path], examples: dict
             **hidden,
         )
         explain_btn.click(on.explain, [source, ckpt], [importance, gallery], api_name="explain")
+        growth_btn.click(
+            on.growth,
+            [series, folder, growth_ckpt, growth_mode],
+            [growth_plot, fits, growth_files],
+            api_name="growth",
+        )
     demo.livecellseg_workdir = work
     return demo
 
@@ -506,7 +636,8 @@ def launch(
         )
     examples = find_examples(examples_dir)
     log.info("%d checkpoints in %s, %d example images", len(checkpoints), models_dir, len(examples))
-    demo = build_app(Segmenter(device), checkpoints, examples)
+    local = host in ("127.0.0.1", "localhost", "::1")
+    demo = build_app(Segmenter(device), checkpoints, examples, allow_folders=local)
     theme = gr.themes.Default(  # system fonts: the page loads nothing from the internet
         font=["ui-sans-serif", "system-ui", "sans-serif"], font_mono=["ui-monospace", "monospace"]
     )

@@ -333,13 +333,11 @@ def _predict(args) -> int:
 
 
 def _growth(args) -> int:
-    from dataclasses import asdict
+    from functools import partial
 
     from tqdm import tqdm
 
-    from livecellseg.growth import fit_wells, image_measures, parse_name, plot_growth, well_rows
-    from livecellseg.images import load_image
-    from livecellseg.io import write_csv, write_json
+    from livecellseg.growth import analyse, describe, parse_name, write_growth
     from livecellseg.predict import Predictor
     from livecellseg.runtime import pick_device
 
@@ -349,45 +347,29 @@ def _growth(args) -> int:
             f"no images found in {' '.join(map(str, args.inputs))}; pass image files or "
             "directories holding them"
         )
-    points = [parse_name(f.name, args.pattern) for f in files]  # every name, before any work
+    for f in files:  # every name before the model loads: a bad one stops at once
+        parse_name(f.name, args.pattern)
     predictor, ckpt = Predictor.from_checkpoint(
         args.model, pick_device(args.device), score_thresh=args.score
     )
     mode = args.mode or predictor.settings.stitch.mode
     log.info("%s model on %d images, %s mode -> %s", ckpt["name"], len(files), mode, args.out)
-    rows, skipped = [], 0
-    for path, point in tqdm(list(zip(files, points, strict=True)), unit="img", desc="growth"):
-        try:
-            image, _ = load_image(path)
-        except LivecellsegError as e:
-            log.error("skipped: %s", e)
-            skipped += 1
-            continue
-        det, _ = predictor(image, mode)
-        rows.append({"file": str(path), **asdict(point)} | image_measures(det.rles, *image.shape))
-    if not rows:
-        raise LivecellsegError(f"none of the {len(files)} images could be read (see above)")
-    rows.sort(key=lambda r: (r["line"], r["well"], r["hours"], r["position"]))
-    wells = well_rows(rows)
-    fits = fit_wells(rows)
-    args.out.mkdir(parents=True, exist_ok=True)
-    write_csv(args.out / "growth.csv", rows)
-    write_csv(args.out / "wells.csv", wells)
-    write_json(args.out / "doubling.json", {name: asdict(f) for name, f in fits.items()})
-    plot_growth(wells, fits, args.out / "growth.png")
-    for name, f in fits.items():
-        if f.estimable:
-            print(
-                f"{name}: doubling time {f.hours:.1f} h (95% CI {f.ci95[0]:.1f}-{f.ci95[1]:.1f}), "
-                f"R2 {f.r2:.3f}, {f.start_h:g}-{f.end_h:g} h, {f.points} counts"
-            )
-        else:
-            print(f"{name}: {f.reason}")
-    print(
-        f"{len(rows)} of {len(files)} images -> {args.out}"
-        + (f"; {skipped} skipped (see above)" if skipped else "")
+    growth = analyse(
+        files,
+        lambda image: predictor(image, mode)[0].rles,
+        args.pattern,
+        progress=partial(tqdm, unit="img", desc="growth"),
     )
-    return 1 if skipped else 0
+    for reason in growth.skipped:
+        log.error("skipped: %s", reason)
+    write_growth(growth, args.out)
+    for name, fit in growth.fits.items():
+        print(describe(name, fit))
+    print(
+        f"{len(growth.rows)} of {len(files)} images -> {args.out}"
+        + (f"; {len(growth.skipped)} skipped (see above)" if growth.skipped else "")
+    )
+    return 1 if growth.skipped else 0
 
 
 def _print_table(rows: list[dict]) -> None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import numpy as np
 from scipy import stats
@@ -224,3 +224,63 @@ def plot_growth(wells: list[dict], fits: dict[str, DoublingTime], path) -> None:
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=110, format="png")
     plt.close(fig)
+
+
+@dataclass
+class Growth:
+    """A series segmented: per-image rows, per-well rows, per-well fits, files skipped."""
+
+    rows: list[dict]
+    wells: list[dict]
+    fits: dict[str, DoublingTime]
+    skipped: list[str]
+
+
+def analyse(paths: list, segment, pattern: str | None = None, progress=None) -> Growth:
+    """Parse every name (a bad one stops here, before any work), then segment each image with
+    `segment(image) -> rles` and measure it. An unreadable image is skipped and listed."""
+    from pathlib import Path
+
+    from livecellseg.images import load_image
+
+    points = [parse_name(Path(p).name, pattern) for p in paths]
+    rows, skipped = [], []
+    items = list(zip(paths, points, strict=True))
+    for path, point in progress(items) if progress else items:
+        try:
+            image, _ = load_image(path)
+        except LivecellsegError as e:
+            skipped.append(str(e))
+            continue
+        measures = image_measures(segment(image), *image.shape)
+        rows.append({"file": Path(path).name, **asdict(point)} | measures)
+    if not rows:
+        raise LivecellsegError(f"none of the {len(paths)} images could be read: {skipped[0]}")
+    rows.sort(key=lambda r: (r["line"], r["well"], r["hours"], r["position"]))
+    return Growth(rows, well_rows(rows), fit_wells(rows), skipped)
+
+
+def write_growth(growth: Growth, out) -> list:
+    """growth.csv, wells.csv, doubling.json and growth.png in `out`; their paths."""
+    from pathlib import Path
+
+    from livecellseg.io import write_csv, write_json
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = [out / n for n in ("growth.csv", "wells.csv", "doubling.json", "growth.png")]
+    write_csv(paths[0], growth.rows)
+    write_csv(paths[1], growth.wells)
+    write_json(paths[2], {name: asdict(f) for name, f in growth.fits.items()})
+    plot_growth(growth.wells, growth.fits, paths[3])
+    return paths
+
+
+def describe(name: str, f: DoublingTime) -> str:
+    """One line on a well's fit."""
+    if not f.estimable:
+        return f"{name}: {f.reason}"
+    return (
+        f"{name}: doubling time {f.hours:.1f} h (95% CI {f.ci95[0]:.1f}-{f.ci95[1]:.1f}), "
+        f"R2 {f.r2:.3f}, {f.start_h:g}-{f.end_h:g} h, {f.points} counts"
+    )
