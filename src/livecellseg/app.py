@@ -333,7 +333,7 @@ def growth(
     """The Growth tab's answer: time-lapse images (uploaded, or a folder on this computer)
     segmented with the checkpoint's own score threshold; the plot, a row per well, the
     downloads (growth.csv, wells.csv, doubling.json, growth.png) and the files skipped."""
-    from livecellseg.growth import analyse, write_growth
+    from livecellseg.growth import analyse, parse_names, write_growth
 
     paths = [Path(f) for f in files or []]
     if folder and folder.strip():
@@ -348,6 +348,7 @@ def growth(
         paths += sorted(p for p in d.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
     if not paths:
         raise LivecellsegError("no images: upload time-lapse images or give a folder of them")
+    points = parse_names(paths)  # before the model loads
     checkpoint = checkpoint_path(checkpoints, checkpoint_label)
     if mode not in get_args(Mode):
         raise LivecellsegError(f"mode {mode!r}: choose one of {list(get_args(Mode))}")
@@ -357,7 +358,7 @@ def growth(
         det = segmenter.predict(image, checkpoint, mode).detections
         return det.take(det.above(threshold)).rles
 
-    result = analyse(paths, cells)
+    result = analyse(paths, points, cells)
     downloads = write_growth(result, Path(tempfile.mkdtemp(dir=work, prefix="growth-")))
     rows = [
         [name, *(round(v, 2) for v in (f.hours, *f.ci95, f.r2)), ""]

@@ -337,7 +337,7 @@ def _growth(args) -> int:
 
     from tqdm import tqdm
 
-    from livecellseg.growth import analyse, describe, parse_name, write_growth
+    from livecellseg.growth import analyse, describe, parse_names, write_growth
     from livecellseg.predict import Predictor
     from livecellseg.runtime import pick_device
 
@@ -347,8 +347,7 @@ def _growth(args) -> int:
             f"no images found in {' '.join(map(str, args.inputs))}; pass image files or "
             "directories holding them"
         )
-    for f in files:  # every name before the model loads: a bad one stops at once
-        parse_name(f.name, args.pattern)
+    points = parse_names(files, args.pattern)  # before the model loads
     predictor, ckpt = Predictor.from_checkpoint(
         args.model, pick_device(args.device), score_thresh=args.score
     )
@@ -356,8 +355,8 @@ def _growth(args) -> int:
     log.info("%s model on %d images, %s mode -> %s", ckpt["name"], len(files), mode, args.out)
     growth = analyse(
         files,
+        points,
         lambda image: predictor(image, mode)[0].rles,
-        args.pattern,
         progress=partial(tqdm, unit="img", desc="growth"),
     )
     for reason in growth.skipped:

@@ -236,14 +236,20 @@ class Growth:
     skipped: list[str]
 
 
-def analyse(paths: list, segment, pattern: str | None = None, progress=None) -> Growth:
-    """Parse every name (a bad one stops here, before any work), then segment each image with
-    `segment(image) -> rles` and measure it. An unreadable image is skipped and listed."""
+def parse_names(paths: list, pattern: str | None = None) -> list[TimePoint]:
+    """`parse_name` of every file: callers parse before any work, so a bad name stops at once."""
+    from pathlib import Path
+
+    return [parse_name(Path(p).name, pattern) for p in paths]
+
+
+def analyse(paths: list, points: list[TimePoint], segment, progress=None) -> Growth:
+    """Segment each image (`points`: `parse_names` of `paths`) with `segment(image) -> rles`
+    and measure it. An unreadable image is skipped and listed."""
     from pathlib import Path
 
     from livecellseg.images import load_image
 
-    points = [parse_name(Path(p).name, pattern) for p in paths]
     rows, skipped = [], []
     items = list(zip(paths, points, strict=True))
     for path, point in progress(items) if progress else items:
