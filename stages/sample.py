@@ -1,4 +1,5 @@
-"""sample: generate the embedded LIVECell-format data set (offline default)."""
+"""sample: generate the embedded LIVECell-format data set (offline default): time-lapse
+series of each cell line's wells, named as LIVECell names its frames."""
 
 from __future__ import annotations
 
@@ -24,6 +25,8 @@ def main(params, args) -> None:
             width=cfg.width,
             height=cfg.height,
             seed=params.seed,
+            hours=cfg.hours,
+            positions=cfg.positions,
             workers=os.cpu_count() or 1,  # the same images for any number of workers
         )
         start = time.perf_counter()

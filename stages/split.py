@@ -1,5 +1,5 @@
-"""split: train/val/test by image, LIVECell's own (official) or seeded and stratified by cell
-line; no image (file name) in two splits."""
+"""split: train/val/test, LIVECell's own (official) or seeded and stratified by cell line, by
+well (a well's time-lapse frames together) or by image; no image (file name) in two splits."""
 
 from __future__ import annotations
 
@@ -9,7 +9,13 @@ from collections import Counter
 from pathlib import Path
 
 from livecellseg.io import atomic_dir, write_json
-from livecellseg.split import assign_splits, check_unique_names, official_splits
+from livecellseg.split import (
+    assign_groups,
+    assign_splits,
+    check_unique_names,
+    official_splits,
+    well_of,
+)
 from stages.common import run_stage
 
 log = logging.getLogger("stages.split")
@@ -22,9 +28,13 @@ def main(params, args) -> None:
     if params.split.mode == "official":
         parts = official_splits(images, str(args.subset))
     else:
-        parts = assign_splits(
-            [img["cell_line"] for img in images], params.split.fractions(), seed=params.seed
-        )
+        strata = [img["cell_line"] for img in images]
+        if params.split.by == "well":
+            groups = [well_of(img["file_name"]) for img in images]
+            parts = assign_groups(groups, strata, params.split.fractions(), seed=params.seed)
+            log.info("split.by well: %d wells", len(set(groups)))
+        else:
+            parts = assign_splits(strata, params.split.fractions(), seed=params.seed)
     log.info("split.mode %s", params.split.mode)
     with atomic_dir(args.out) as out:
         for name, indices in parts.items():

@@ -34,9 +34,19 @@ class SampleConfig:
     cell_lines: tuple[CellLine, ...]
     width: int
     height: int
+    hours: tuple[float, ...]  # the elapsed times each position is imaged at
+    positions: int  # positions imaged per well
 
     def __post_init__(self) -> None:
         _check(self.n_images >= 1, "sample.n_images", "an integer >= 1")
+        _check(
+            len(self.hours) >= 1
+            and self.hours[0] >= 0
+            and all(a < b for a, b in zip(self.hours, self.hours[1:], strict=False)),
+            "sample.hours",
+            "a non-empty, increasing list of elapsed hours >= 0",
+        )
+        _check(self.positions >= 1, "sample.positions", "an integer >= 1")
         _check(
             0 <= self.empty_images <= self.n_images,
             "sample.empty_images",
@@ -64,6 +74,7 @@ class SubsetConfig:
 @dataclass(frozen=True)
 class SplitConfig:
     mode: Literal["stratified", "official"]  # official: LIVECell's own train/val/test
+    by: Literal["well", "image"]  # stratified: a well's images stay in one split, or not
     train: float  # the fractions of the stratified mode
     val: float
     test: float

@@ -3,7 +3,7 @@
 LIVECell's images are Incucyte time-lapse crops, named
 `<line>_Phase_<well>_<field>_<DD>d<HH>h<MM>m_<crop>.tif`: `SHSY5Y_Phase_B10_1_01d12h00m_1.tif`
 is well B10, field 1, crop 1 (a position in the well: field and crop), 1 day 12 h after the
-start. `parse_name` reads that (or any naming a regular expression describes);
+start. `livecell.parse_name` reads that (or any naming a regular expression describes);
 `doubling_time` fits log2(count) against time over a well's exponential phase. Pure functions
 of names and numbers.
 """
@@ -11,64 +11,15 @@ of names and numbers.
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import asdict, dataclass
 
 import numpy as np
 from scipy import stats
 
 from livecellseg.errors import LivecellsegError
+from livecellseg.livecell import LIVECELL_NAME, TimePoint, parse_name  # noqa: F401 (API)
 
-LIVECELL_NAME = (
-    r"(?P<line>[A-Za-z0-9]+)_Phase_(?P<well>[A-Za-z]+\d+)_(?P<field>\d+)_"
-    r"(?P<days>\d+)d(?P<hours>\d+)h(?P<minutes>\d+)m_(?P<crop>\d+)\.tiff?"
-)
-# a --pattern names `well` and either `hours` alone (decimal hours) or days/hours/minutes;
-# `line`, `field` and `crop` are optional
-REQUIRED_GROUPS = {"well", "hours"}
 PLATEAU = 0.9  # a mean count within 10% of a well's highest: it has stopped growing
-
-
-@dataclass(frozen=True)
-class TimePoint:
-    """Where and when an image was taken."""
-
-    line: str
-    well: str
-    position: str  # field and crop ("1_3"): the same place in the well at every time
-    hours: float  # since the start of imaging
-
-
-def parse_name(file_name: str, pattern: str | None = None) -> TimePoint:
-    """The cell line, well, position and elapsed hours a file name gives.
-
-    `pattern`: a regular expression matched against the whole base name, with the named
-    groups `well` and `hours` (a decimal number of hours, or with `days` and `minutes`
-    beside it: LIVECell's `01d12h00m`), optionally `line`, `field`, `crop`.
-    """
-    base = file_name.replace("\\", "/").rsplit("/", 1)[-1]
-    regex = re.compile(pattern or LIVECELL_NAME)
-    if missing := REQUIRED_GROUPS - set(regex.groupindex):
-        raise LivecellsegError(
-            f"--pattern {pattern!r}: names no group {', '.join(sorted(missing))}; give "
-            "(?P<well>...) and (?P<hours>...) (with (?P<days>...) and (?P<minutes>...) if the "
-            "time is written as days, hours, minutes)"
-        )
-    m = regex.fullmatch(base)
-    if m is None:
-        shape = (
-            "the --pattern given"
-            if pattern
-            else ("LIVECell's <line>_Phase_<well>_<field>_<DD>d<HH>h<MM>m_<crop>.tif")
-        )
-        raise LivecellsegError(
-            f"{file_name}: name does not follow {shape}; pass --pattern with named groups "
-            "well and hours (README, Growth curves)"
-        )
-    g = m.groupdict()
-    hours = float(g["hours"]) + 24 * float(g.get("days") or 0) + float(g.get("minutes") or 0) / 60
-    position = "_".join(g[k] for k in ("field", "crop") if g.get(k)) or "1"
-    return TimePoint(g.get("line") or "", g["well"], position, hours)
 
 
 @dataclass(frozen=True)

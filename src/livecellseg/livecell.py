@@ -4,7 +4,8 @@ Layout under a data root (what `images.zip` and the annotation files unpack to):
     images/livecell_train_val_images/<CellLine>/<name>.tif
     images/livecell_test_images/<CellLine>/<name>.tif
     annotations/livecell_coco_{train,val,test}.json
-Image names start with the cell line: `A172_Phase_C7_1_00d00h00m_1.tif`.
+Image names start with the cell line: `A172_Phase_C7_1_00d00h00m_1.tif` (`parse_name`: line,
+well, position in the well, elapsed time of the time-lapse).
 
 The annotation files as LIVECell's bucket serves them are plain COCO: `annotations` is a
 list (pycocotools' `COCO()` loads them), and image entries carry extra fields
@@ -27,12 +28,13 @@ import re
 import urllib.error
 import urllib.request
 import zipfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from tqdm import tqdm
 
-from livecellseg.errors import DataError
+from livecellseg.errors import DataError, LivecellsegError
 
 log = logging.getLogger(__name__)
 
@@ -100,6 +102,59 @@ def cell_line_of(file_name: str) -> str:
 def cell_line(image: dict) -> str:
     """An image entry's cell line: its "cell_line" key, else read from its file name."""
     return image.get("cell_line") or cell_line_of(image["file_name"])
+
+
+# --- time-lapse names ------------------------------------------------------------------
+
+LIVECELL_NAME = (
+    r"(?P<line>[A-Za-z0-9]+)_Phase_(?P<well>[A-Za-z]+\d+)_(?P<field>\d+)_"
+    r"(?P<days>\d+)d(?P<hours>\d+)h(?P<minutes>\d+)m_(?P<crop>\d+)\.tiff?"
+)
+# a --pattern names `well` and either `hours` alone (decimal hours) or days/hours/minutes;
+# `line`, `field` and `crop` are optional
+REQUIRED_GROUPS = {"well", "hours"}
+
+
+@dataclass(frozen=True)
+class TimePoint:
+    """Where and when an image was taken."""
+
+    line: str
+    well: str
+    position: str  # field and crop ("1_3"): the same place in the well at every time
+    hours: float  # since the start of imaging
+
+
+def parse_name(file_name: str, pattern: str | None = None) -> TimePoint:
+    """The cell line, well, position and elapsed hours a file name gives.
+
+    `pattern`: a regular expression matched against the whole base name, with the named
+    groups `well` and `hours` (a decimal number of hours, or with `days` and `minutes`
+    beside it: LIVECell's `01d12h00m`), optionally `line`, `field`, `crop`.
+    """
+    base = file_name.replace("\\", "/").rsplit("/", 1)[-1]
+    regex = re.compile(pattern or LIVECELL_NAME)
+    if missing := REQUIRED_GROUPS - set(regex.groupindex):
+        raise LivecellsegError(
+            f"--pattern {pattern!r}: names no group {', '.join(sorted(missing))}; give "
+            "(?P<well>...) and (?P<hours>...) (with (?P<days>...) and (?P<minutes>...) if the "
+            "time is written as days, hours, minutes)"
+        )
+    m = regex.fullmatch(base)
+    if m is None:
+        shape = (
+            "the --pattern given"
+            if pattern
+            else ("LIVECell's <line>_Phase_<well>_<field>_<DD>d<HH>h<MM>m_<crop>.tif")
+        )
+        raise LivecellsegError(
+            f"{file_name}: name does not follow {shape}; pass --pattern with named groups "
+            "well and hours (README, Growth curves)"
+        )
+    g = m.groupdict()
+    hours = float(g["hours"]) + 24 * float(g.get("days") or 0) + float(g.get("minutes") or 0) / 60
+    position = "_".join(g[k] for k in ("field", "crop") if g.get(k)) or "1"
+    return TimePoint(g.get("line") or "", g["well"], position, hours)
 
 
 # --- download -------------------------------------------------------------------------------

@@ -85,7 +85,7 @@ def layout(ckpt: dict) -> dict:
 # How far from a proposal its detection can lie. The box head learns to regress proposals of
 # IoU >= 0.5 with a cell onto the cell (torchvision's fg_iou_thresh) and to score the rest as
 # background; a box of IoU >= 0.5 with a proposal lies inside the proposal grown by its own
-# width and height on each side (tests/test_predict.py checks the bound).
+# width and height on each side (tests/test_ownership_filter.py checks the bound).
 PROPOSAL_REACH = 1.0
 # paste_masks_in_image pastes a 28x28 mask into its box grown by 1/28 of its size on each
 # side (a 1-pixel border, mask_rcnn's expand_masks); coordinates are then truncated.

@@ -21,7 +21,12 @@ How an image is made (`render_image`), each step drawn per cell line from `LOOKS
    (not annotated) and an illumination gradient are added; slow shading is then removed and
    the mean set to 128 (LIVECell's frames are flat-field corrected), and camera noise matched
    to the reference frames (std and neighbour correlation of their background) is added.
-Everything follows from the seed; images are independent, so they render in parallel.
+5. Time-lapse (`layout`, `grow_cells`): as LIVECell's Incucyte frames, the images are series
+   of one position in a well at several elapsed times, named as LIVECell names them. The same
+   cells move a little from frame to frame and divide: the count grows as
+   n0 * 2^(t / doubling time), the doubling time fixed per cell line (`LOOKS`), so growth
+   analysis has a known answer; a medium-only control well (`EMPTY_WELL`) has no cells.
+Everything follows from the seed; series are independent, so they render in parallel.
 """
 
 from __future__ import annotations
@@ -40,7 +45,7 @@ from skimage.measure import approximate_polygon, find_contours
 from tqdm import tqdm
 
 from livecellseg.images import write_gray
-from livecellseg.livecell import BASE_URL, image_dir, write_coco
+from livecellseg.livecell import BASE_URL, image_dir, parse_name, write_coco
 
 # LIVECell ships its own train/val/test files; the sample spreads its images over the same three.
 LIVECELL_SPLIT_CYCLE = ("train",) * 5 + ("val", "test")
@@ -66,6 +71,7 @@ class CellLineLook:
     texture: float  # granularity of the cytoplasm
     neurites: float  # mean neurites per flat cell
     neurite_len: float  # mean neurite length, px
+    doubling_h: float  # the time-lapse series' doubling time, hours
 
 
 # From LIVECell's paper and images: A172 large, spread, irregular; BT474/MCF7 compact clusters;
@@ -73,14 +79,14 @@ class CellLineLook:
 # long branching neurites; SkBr3 rounded grape-like clusters; SK-OV-3 large, flat, elongated.
 # Means of the log-uniform counts: ~300 cells per image over the eight lines, as LIVECell.
 LOOKS: dict[str, CellLineLook] = {
-    "A172": CellLineLook(21, 5, 2.6, 0.30, (25, 500), 1.0, 0.08, 0.8, 1.0, 0.7, 22),
-    "BT474": CellLineLook(11, 2, 1.4, 0.12, (60, 1000), 14.0, 0.08, 1.1, 1.2, 0.0, 0),
-    "BV2": CellLineLook(6.5, 1.2, 1.35, 0.10, (150, 2800), 1.0, 0.55, 1.3, 0.6, 0.15, 8),
-    "Huh7": CellLineLook(15, 3, 1.5, 0.18, (40, 550), 9.0, 0.05, 0.9, 1.3, 0.0, 0),
-    "MCF7": CellLineLook(12, 2.5, 1.5, 0.14, (60, 900), 12.0, 0.06, 1.0, 1.1, 0.0, 0),
-    "SHSY5Y": CellLineLook(8, 1.6, 1.6, 0.20, (40, 600), 2.5, 0.30, 1.6, 1.1, 3.0, 45),
-    "SkBr3": CellLineLook(9, 1.8, 1.3, 0.10, (70, 1000), 6.0, 0.45, 1.2, 1.0, 0.0, 0),
-    "SKOV3": CellLineLook(18, 4, 2.8, 0.22, (25, 400), 1.0, 0.05, 0.7, 1.0, 0.2, 15),
+    "A172": CellLineLook(21, 5, 2.6, 0.30, (25, 500), 1.0, 0.08, 0.8, 1.0, 0.7, 22, 36),
+    "BT474": CellLineLook(11, 2, 1.4, 0.12, (60, 1000), 14.0, 0.08, 1.1, 1.2, 0.0, 0, 72),
+    "BV2": CellLineLook(6.5, 1.2, 1.35, 0.10, (150, 2800), 1.0, 0.55, 1.3, 0.6, 0.15, 8, 20),
+    "Huh7": CellLineLook(15, 3, 1.5, 0.18, (40, 550), 9.0, 0.05, 0.9, 1.3, 0.0, 0, 30),
+    "MCF7": CellLineLook(12, 2.5, 1.5, 0.14, (60, 900), 12.0, 0.06, 1.0, 1.1, 0.0, 0, 40),
+    "SHSY5Y": CellLineLook(8, 1.6, 1.6, 0.20, (40, 600), 2.5, 0.30, 1.6, 1.1, 3.0, 45, 48),
+    "SkBr3": CellLineLook(9, 1.8, 1.3, 0.10, (70, 1000), 6.0, 0.45, 1.2, 1.0, 0.0, 0, 56),
+    "SKOV3": CellLineLook(18, 4, 2.8, 0.22, (25, 400), 1.0, 0.05, 0.7, 1.0, 0.2, 15, 44),
 }
 
 
@@ -97,6 +103,52 @@ class Cell:
     n_neurites: int
 
 
+def new_cell(rng: np.random.Generator, look: CellLineLook, cy: float, cx: float) -> Cell:
+    """A cell of `look` centred at (cy, cx), its shape drawn."""
+    is_round = rng.random() < look.round_frac
+    return Cell(
+        cy,
+        cx,
+        max(3.0, rng.normal(look.radius, look.radius_sd)) * (0.75 if is_round else 1.0),
+        1.0 if is_round else rng.uniform(1.0, look.elongation),
+        rng.uniform(0, np.pi),
+        np.stack([look.irregularity * rng.normal(0, 1, 3), rng.uniform(0, 2 * np.pi, 3)], 1),
+        is_round,
+        is_round and rng.random() < 0.15,
+        0 if is_round else int(rng.poisson(look.neurites)),
+    )
+
+
+class Spacing:
+    """Cell centres on a grid of `min_dist` cells: is a new centre at least `min_dist` from
+    every one placed?"""
+
+    def __init__(self, min_dist: float, cells: Iterable[Cell] = ()) -> None:
+        self.min_dist = min_dist
+        self.grid: dict[tuple[int, int], list[tuple[float, float]]] = {}
+        for c in cells:
+            self.add(c.cy, c.cx)
+
+    def free(self, cy: float, cx: float) -> bool:
+        gy, gx = int(cy // self.min_dist), int(cx // self.min_dist)
+        near = (
+            p
+            for dy in (-1, 0, 1)
+            for dx in (-1, 0, 1)
+            for p in self.grid.get((gy + dy, gx + dx), ())
+        )
+        return all((cy - y) ** 2 + (cx - x) ** 2 >= self.min_dist**2 for y, x in near)
+
+    def add(self, cy: float, cx: float) -> None:
+        self.grid.setdefault((int(cy // self.min_dist), int(cx // self.min_dist)), []).append(
+            (cy, cx)
+        )
+
+
+def _inside(cy: float, cx: float, height: int, width: int) -> bool:
+    return -5 <= cy <= height + 5 and -5 <= cx <= width + 5
+
+
 def draw_cells(
     rng: np.random.Generator, look: CellLineLook, n: int, height: int, width: int
 ) -> list[Cell]:
@@ -109,44 +161,55 @@ def draw_cells(
         cand = cand + rng.normal(0, spread, cand.shape)
     else:
         cand = rng.uniform((-5, -5), (height + 5, width + 5), (3 * n, 2))
-    min_dist = 0.9 * look.radius
-    grid: dict[tuple[int, int], list[tuple[float, float]]] = {}
+    spacing = Spacing(0.9 * look.radius)
     cells: list[Cell] = []
     for cy, cx in cand:
         if len(cells) == n:
             break
-        if not (-5 <= cy <= height + 5 and -5 <= cx <= width + 5):
+        if not _inside(cy, cx, height, width) or not spacing.free(cy, cx):
             continue
-        gy, gx = int(cy // min_dist), int(cx // min_dist)
-        near = (
-            p for dy in (-1, 0, 1) for dx in (-1, 0, 1) for p in grid.get((gy + dy, gx + dx), ())
-        )
-        if any((cy - y) ** 2 + (cx - x) ** 2 < min_dist**2 for y, x in near):
-            continue
-        grid.setdefault((gy, gx), []).append((cy, cx))
-        is_round = rng.random() < look.round_frac
-        cells.append(
-            Cell(
-                cy,
-                cx,
-                max(3.0, rng.normal(look.radius, look.radius_sd)) * (0.75 if is_round else 1.0),
-                1.0 if is_round else rng.uniform(1.0, look.elongation),
-                rng.uniform(0, np.pi),
-                np.stack(
-                    [look.irregularity * rng.normal(0, 1, 3), rng.uniform(0, 2 * np.pi, 3)], 1
-                ),
-                is_round,
-                is_round and rng.random() < 0.15,
-                0 if is_round else int(rng.poisson(look.neurites)),
-            )
-        )
-        if is_round and rng.random() < 0.2 and len(cells) < n:  # dividing: a round sibling
+        spacing.add(cy, cx)
+        cells.append(new_cell(rng, look, cy, cx))
+        if cells[-1].round and rng.random() < 0.2 and len(cells) < n:  # dividing: a sibling
             a = rng.uniform(0, 2 * np.pi)
             d = 1.9 * cells[-1].radius
             sib = Cell(**{**cells[-1].__dict__, "defocus": False})
             sib.cy, sib.cx = cy + d * np.sin(a), cx + d * np.cos(a)
             cells.append(sib)
     return cells
+
+
+def grow_cells(
+    rng: np.random.Generator,
+    look: CellLineLook,
+    cells: list[Cell],
+    n: int,
+    height: int,
+    width: int,
+) -> list[Cell]:
+    """The same cells a time-lapse interval later: each has moved a little (a step of ~0.4
+    radius, turned a little) and new cells, born of random mothers, sit beside them until
+    there are `n` (fewer if the image is full: a daughter needs a free place, as in
+    draw_cells, within 3 radii of its mother)."""
+    moved = []
+    for c in cells:
+        step = rng.normal(0, 0.4 * c.radius, 2)
+        cy, cx = c.cy + step[0], c.cx + step[1]
+        if not _inside(cy, cx, height, width):  # it stays in view: reflect the step
+            cy, cx = c.cy - step[0], c.cx - step[1]
+        moved.append(Cell(**{**c.__dict__, "cy": cy, "cx": cx}))
+        moved[-1].angle = c.angle + rng.normal(0, 0.2)
+    spacing = Spacing(0.9 * look.radius, moved)
+    tries = 0
+    while len(moved) < n and moved and tries < 30 * n:
+        tries += 1
+        mother = moved[rng.integers(0, len(moved))]
+        a, d = rng.uniform(0, 2 * np.pi), mother.radius * rng.uniform(1.0, 3.0)
+        cy, cx = mother.cy + d * np.sin(a), mother.cx + d * np.cos(a)
+        if _inside(cy, cx, height, width) and spacing.free(cy, cx):
+            spacing.add(cy, cx)
+            moved.append(new_cell(rng, look, cy, cx))
+    return moved
 
 
 def claim_pixels(cells: list[Cell], which: list[int], height: int, width: int) -> np.ndarray:
@@ -250,10 +313,9 @@ def _smooth_noise(rng: np.random.Generator, shape: tuple[int, int], sigma: float
 
 
 def render_image(
-    rng: np.random.Generator, look: CellLineLook, n_cells: int, height: int, width: int
+    rng: np.random.Generator, look: CellLineLook, cells: list[Cell], height: int, width: int
 ) -> tuple[np.ndarray, list[np.ndarray]]:
-    """A uint8 phase-contrast-like image and the polygons (x, y) of its cells."""
-    cells = draw_cells(rng, look, n_cells, height, width) if n_cells else []
+    """A uint8 phase-contrast-like image of `cells` and the polygons (x, y) of its cells."""
     # round cells sit on top of flat ones: the flat cell's mask goes on beneath (overlaps,
     # as LIVECell's annotations have them); cells of one kind press against each other
     owner = claim_pixels(cells, [i for i, c in enumerate(cells) if not c.round], height, width)
@@ -334,24 +396,91 @@ def render_image(
     return np.clip(np.rint(image), 0, 255).astype(np.uint8), polygons
 
 
-def sample_file_name(cell_line: str, index: int) -> str:
-    """LIVECell's naming: <line>_Phase_<well>_<location>_<DDdHHhMMm>_<crop>.tif."""
-    well = f"{'ABCDEFGH'[index % 8]}{1 + index // 8 % 12}"
-    days, hours = divmod(4 * (index // 2), 24)
-    return (
-        f"{cell_line}_Phase_{well}_{1 + index % 2}_{days:02d}d{hours:02d}h00m_{1 + index % 4}.tif"
-    )
+def sample_file_name(cell_line: str, well: str, position: int, hours: float) -> str:
+    """LIVECell's naming: <line>_Phase_<well>_<field>_<DDdHHhMMm>_<crop>.tif (the position
+    is the crop of field 1)."""
+    minutes = round(hours * 60)
+    days, rest = divmod(minutes, 24 * 60)
+    return f"{cell_line}_Phase_{well}_1_{days:02d}d{rest // 60:02d}h{rest % 60:02d}m_{position}.tif"
 
 
-def _render(job: tuple) -> tuple[str, str, np.ndarray, list[np.ndarray]]:
-    i, child, line, empty, n_lines, height, width = job
+EMPTY_WELL = "H12"  # the sample's medium-only control well: imaged like the others, no cells
+
+
+@dataclass(frozen=True)
+class Series:
+    """One position of a well imaged at `hours`: a time-lapse series."""
+
+    line: str
+    well: str
+    position: int
+    hours: tuple[float, ...]
+    empty: bool
+
+
+def layout(
+    n_images: int,
+    empty_images: int,
+    cell_lines: tuple[str, ...],
+    hours: tuple[float, ...],
+    positions: int,
+) -> list[Series]:
+    """The sample's series: the n_images - empty_images images with cells form series of
+    len(hours) frames (the last may be shorter), the cell lines in turn; a line's series
+    fill the positions of its wells B2, C2, ..., then the next column. The empty images are
+    the control well H12 (its positions in turn, each at the first hours)."""
+    out, n_cells = [], n_images - empty_images
+    for s in range(-(-n_cells // len(hours))):
+        k = s // len(cell_lines)  # the line's k-th series
+        w = k // positions
+        out.append(
+            Series(
+                cell_lines[s % len(cell_lines)],
+                f"{'BCDEFG'[w % 6]}{2 + w // 6}",
+                1 + k % positions,
+                hours[: min(len(hours), n_cells - s * len(hours))],
+                False,
+            )
+        )
+    for p in range(-(-empty_images // len(hours))):
+        frames = min(len(hours), empty_images - p * len(hours))
+        out.append(Series(cell_lines[0], EMPTY_WELL, 1 + p, hours[:frames], True))
+    return out
+
+
+def _render_series(job: tuple) -> list[tuple[str, str, np.ndarray, list[np.ndarray]]]:
+    series, child, height, width = job
     rng = np.random.default_rng(child)
-    look = LOOKS[line]
+    look = LOOKS[series.line]
     lo, hi = look.n_cells
     scale = height * width / LIVECELL_AREA
-    n_cells = 0 if empty else max(1, round(np.exp(rng.uniform(np.log(lo), np.log(hi))) * scale))
-    image, polygons = render_image(rng, look, n_cells, height, width)
-    return sample_file_name(line, i // n_lines), line, image, polygons
+    span = series.hours[-1] - series.hours[0]
+    # the start density, log-uniform, low enough that the last frame stays within the line's
+    # range: n(t) = n0 * 2^(t / doubling time)
+    top = max(lo, hi / 2 ** (span / look.doubling_h))
+    n0 = np.exp(rng.uniform(np.log(lo), np.log(top))) * scale
+    cells: list[Cell] = []
+    out = []
+    for t in series.hours:
+        n = (
+            0
+            if series.empty
+            else max(1, round(n0 * 2 ** ((t - series.hours[0]) / look.doubling_h)))
+        )
+        if n and not cells:
+            cells = draw_cells(rng, look, n, height, width)
+        elif n:
+            cells = grow_cells(rng, look, cells, n, height, width)
+        image, polygons = render_image(rng, look, cells, height, width)
+        out.append(
+            (
+                sample_file_name(series.line, series.well, series.position, t),
+                series.line,
+                image,
+                polygons,
+            )
+        )
+    return out
 
 
 def generate(
@@ -362,28 +491,23 @@ def generate(
     width: int,
     height: int,
     seed: int,
+    hours: tuple[float, ...] = (0.0,),
+    positions: int = 1,
     workers: int = 1,
 ) -> Iterator[tuple[str, str, np.ndarray, list[np.ndarray]]]:
-    """Yield (file_name, cell_line, image, polygons) for each image, in order and the same for
-    any number of `workers` (each image has its own seeded generator)."""
-    children = np.random.SeedSequence(seed).spawn(n_images)
-    jobs = [
-        (
-            i,
-            child,
-            cell_lines[i % len(cell_lines)],
-            i >= n_images - empty_images,
-            len(cell_lines),
-            height,
-            width,
-        )
-        for i, child in enumerate(children)
-    ]
+    """Yield (file_name, cell_line, image, polygons) for each image, series by series (see
+    `layout`; one time point: every image its own well), frame by frame; the same for any
+    number of `workers` (each series has its own seeded generator)."""
+    series = layout(n_images, empty_images, cell_lines, tuple(hours), positions)
+    children = np.random.SeedSequence(seed).spawn(len(series))
+    jobs = [(s, child, height, width) for s, child in zip(series, children, strict=True)]
     if workers <= 1:
-        yield from map(_render, jobs)
+        for job in jobs:
+            yield from _render_series(job)
         return
     with ProcessPoolExecutor(min(workers, os.cpu_count() or 1)) as pool:
-        yield from pool.map(_render, jobs)
+        for frames in pool.map(_render_series, jobs):
+            yield from frames
 
 
 def polygon_annotation(ann_id: int, image_id: int, poly: np.ndarray) -> dict:
@@ -415,15 +539,20 @@ def write_livecell_root(
     """Write generated samples (`generate`'s output) into `out` as a LIVECell data root, its
     JSONs as LIVECell's bucket has them (list form, `original_filename` and `url` fields);
     image i goes to the split `splits[i % len(splits)]`, and the `duplicates` get a second
-    entry (new image id) as described at LIVECELL_DUPLICATES. Returns the counts written."""
+    entry (new image id) as described at LIVECELL_DUPLICATES. A well's frames share a
+    split: `splits` is cycled over the wells (line and well, in order of first image), as
+    LIVECell's time-lapse frames of one position are near-duplicates. Returns the counts
+    written."""
     docs: dict[str, tuple[list[dict], list[dict]]] = {s: ([], []) for s in ("train", "val", "test")}
     n_cells, n_images = 0, 0
     per_line: dict[str, list[int]] = {}
     kept: dict[tuple[str, int], tuple[dict, list[np.ndarray]]] = {}
     wanted = {(split, n) for split, n, _ in duplicates}
     bar = tqdm(samples, total=total, desc="sample", unit="img", disable=not progress)
+    wells: dict[tuple[str, str], int] = {}
     for i, (name, line, image, polygons) in enumerate(bar):
-        split = splits[i % len(splits)]
+        point = parse_name(name)
+        split = splits[wells.setdefault((line, point.well), len(wells)) % len(splits)]
         path = out / image_dir(split) / line / name
         path.parent.mkdir(parents=True, exist_ok=True)
         write_gray(path, image)

@@ -1,5 +1,7 @@
 """Splitting images into train/val/test (pure functions): LIVECell's own split, or a seeded
-split stratified by cell line."""
+split stratified by cell line, of images or of whole wells (a time-lapse's frames of one
+position are near-duplicates: with one in train and the next in test, the test measures
+memory)."""
 
 from __future__ import annotations
 
@@ -7,7 +9,7 @@ from collections.abc import Hashable, Sequence
 
 import numpy as np
 
-from livecellseg.errors import DataError
+from livecellseg.errors import DataError, LivecellsegError
 
 
 def stratified_order(strata: Sequence[Hashable], rng: np.random.Generator) -> list[int]:
@@ -27,7 +29,7 @@ def stratified_order(strata: Sequence[Hashable], rng: np.random.Generator) -> li
     return [i for *_, i in sorted(keyed)]
 
 
-def split_counts(n: int, fractions: dict[str, float]) -> dict[str, int]:
+def split_counts(n: int, fractions: dict[str, float], unit: str = "images") -> dict[str, int]:
     """Images per split, by largest remainder; every split with a fraction > 0 gets one."""
     raw = {k: n * f for k, f in fractions.items()}
     counts = {k: int(np.floor(v)) for k, v in raw.items()}
@@ -38,8 +40,9 @@ def split_counts(n: int, fractions: dict[str, float]) -> dict[str, int]:
     needed = sum(f > 0 for f in fractions.values())
     if n < needed:
         raise DataError(
-            f"split: {n} images are too few for fractions {fractions} (a split would be empty); "
-            f"use at least {needed} images: raise subset.n_images or sample.n_images"
+            f"split: {n} {unit} are too few for fractions {fractions} (a split would be empty); "
+            f"use at least {needed} {unit}: raise subset.n_images or sample.n_images"
+            + (" or use split.by: image" if unit == "wells" else "")
         )
     for k, f in fractions.items():  # a split asked for gets at least one image
         if f > 0 and counts[k] == 0:
@@ -49,14 +52,14 @@ def split_counts(n: int, fractions: dict[str, float]) -> dict[str, int]:
 
 
 def assign_splits(
-    strata: Sequence[Hashable], fractions: dict[str, float], seed: int
+    strata: Sequence[Hashable], fractions: dict[str, float], seed: int, unit: str = "images"
 ) -> dict[str, list[int]]:
     """Indices of each split: stratified by `strata`, seeded, disjoint, covering every item.
 
     The smaller splits (val, test) are taken first from the stratified order, so each of
     them gets the cell lines in proportion even when it holds only a few images.
     """
-    counts = split_counts(len(strata), fractions)
+    counts = split_counts(len(strata), fractions, unit)
     order = stratified_order(strata, np.random.default_rng(seed))
     out: dict[str, list[int]] = {}
     start = 0
@@ -64,6 +67,35 @@ def assign_splits(
         out[name] = sorted(order[start : start + counts[name]])
         start += counts[name]
     return {k: out[k] for k in fractions}
+
+
+def assign_groups(
+    groups: Sequence[Hashable],
+    strata: Sequence[Hashable],
+    fractions: dict[str, float],
+    seed: int,
+) -> dict[str, list[int]]:
+    """`assign_splits` of whole groups (a group's items share a split; a group's stratum is
+    its first item's): the fractions count groups, so the items per split follow the
+    groups' sizes. Indices of the items of each split."""
+    members: dict[Hashable, list[int]] = {}
+    for i, g in enumerate(groups):
+        members.setdefault(g, []).append(i)
+    keys = list(members)
+    parts = assign_splits([strata[members[g][0]] for g in keys], fractions, seed, "wells")
+    return {k: sorted(i for j in idx for i in members[keys[j]]) for k, idx in parts.items()}
+
+
+def well_of(file_name: str) -> str:
+    """The group of `split.by: well`: line and well of a LIVECell name ("A172 B2"); a name
+    that is not LIVECell's is its own group."""
+    from livecellseg.livecell import parse_name
+
+    try:
+        point = parse_name(file_name)
+    except LivecellsegError:
+        return file_name
+    return f"{point.line} {point.well}"
 
 
 def official_splits(
