@@ -233,6 +233,45 @@ def write_growth(growth: Growth, out) -> list:
     return paths
 
 
+def coco_rows(images: list[dict], segmentations: dict[int, list[dict]]) -> tuple[list, list]:
+    """Growth rows of a COCO document's images (`segmentations`: image id -> the RLEs of its
+    cells, ground truth or predictions above a score), and the names that are not
+    time-lapse names (skipped: they belong to no well and time)."""
+    rows, skipped = [], []
+    for im in images:
+        try:
+            point = parse_name(im["file_name"])
+        except LivecellsegError:
+            skipped.append(im["file_name"])
+            continue
+        measures = image_measures(segmentations.get(im["id"], []), im["height"], im["width"])
+        rows.append({"file": im["file_name"], **asdict(point)} | measures)
+    rows.sort(key=lambda r: (r["line"], r["well"], r["hours"], r["position"]))
+    return rows, skipped
+
+
+def fit_summary(fit: DoublingTime, truth: DoublingTime | None = None) -> dict:
+    """A fit as flat numbers (a metrics file's leaves), beside the truth's if given:
+    `error_pct` is 100 (model - truth) / truth where both are estimable, else null."""
+    out = {
+        "doubling_h": _round(fit.hours),
+        "ci95_low_h": _round(fit.ci95[0]) if fit.ci95 else None,
+        "ci95_high_h": _round(fit.ci95[1]) if fit.ci95 else None,
+        "r2": _round(fit.r2, 4),
+        "points": fit.points,
+    }
+    if truth is not None:
+        both = fit.estimable and truth.estimable
+        out["error_pct"] = _round(100 * (fit.hours / truth.hours - 1)) if both else None
+    if not fit.estimable:
+        out["reason"] = fit.reason
+    return out
+
+
+def _round(x: float | None, digits: int = 2) -> float | None:
+    return None if x is None or not math.isfinite(x) else round(float(x), digits)
+
+
 def describe(name: str, f: DoublingTime) -> str:
     """One line on a well's fit."""
     if not f.estimable:
