@@ -1,7 +1,9 @@
 """Benchmark: how well and how fast do the models learn? Train on the tiles with a profile,
 then segment the test images as stitch_predict does and print, per model, the wall time of
 training and of prediction, val F1 per epoch against wall time (the learning curve) and the
-test metrics (P/R/F1/mIoU, mask AP) as JSON.
+test metrics (P/R/F1/mIoU, mask AP) as JSON, and the growth analysis of the test wells: each
+well's doubling time from the model's counts beside the ground truth's, and whether the median
+error is within GROWTH_TOLERANCE_PCT (`growth_ok`).
 
 Profiles: `default` is params.yaml as it is (what `dvc repro` trains); `long` trains longer
 (LONG below). `--set section.key=value` overrides either. Outputs go to a temporary
@@ -28,6 +30,7 @@ from pathlib import Path
 
 import yaml
 
+GROWTH_TOLERANCE_PCT = 25.0  # the stated tolerance of a model's doubling time (README, Growth)
 LONG = {  # 8 epochs per model instead of 5: 1.6x the default's training time
     "transfer": {"epochs_frozen": 6, "epochs_unfrozen": 2},
     "custom": {"epochs": 8, "step_size": 6},
@@ -65,7 +68,8 @@ def main() -> None:
 
     from livecellseg import runtime
     from livecellseg.config import parse_params
-    from livecellseg.evaluation import evaluate
+    from livecellseg.evaluation import evaluate, load_as_rle
+    from livecellseg.growth import compare, segmentations_by_image
     from livecellseg.images import read_gray
     from livecellseg.predict import Predictor, to_coco_results
     from livecellseg.runtime import pick_device
@@ -85,6 +89,7 @@ def main() -> None:
         (raw[section[0]] if section else raw)[name] = yaml.safe_load(value)
     params = parse_params(raw)
     gt = json.loads(args.split.read_text())
+    truth = segmentations_by_image(load_as_rle(args.split)["annotations"])
     device = pick_device(params.train.device)
     report = {
         "benchmark": "learn",
@@ -141,6 +146,20 @@ def main() -> None:
                     },
                     "predict_s": round(predict_s),
                 }
+                if mode == "stitched":
+                    thresh = params.evaluate.score_thresh
+                    found = segmentations_by_image(results, thresh)
+                    growth = compare(gt["images"], {"truth": truth, name: found}).metrics
+                    error = growth[name]["median_abs_error_pct"]
+                    report[name]["growth"] = {
+                        "median_abs_error_pct": error,
+                        "tolerance_pct": GROWTH_TOLERANCE_PCT,
+                        "growth_ok": error is not None and error <= GROWTH_TOLERANCE_PCT,
+                        "doubling_h": {
+                            well: [growth["truth"]["wells"][well]["doubling_h"], fit["doubling_h"]]
+                            for well, fit in growth[name]["wells"].items()
+                        },  # [truth, model]
+                    }
             print(f"{name}: {json.dumps(report[name])}", file=sys.stderr, flush=True)
             del predict
             if torch.cuda.is_available():

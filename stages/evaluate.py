@@ -60,9 +60,13 @@ def main(params, args) -> None:
 
 
 def _overlays(gt, results, images_dir: Path, out: Path, cfg) -> None:
-    """Outlines of GT (green) and predictions (magenta) on the first test images."""
+    """Outlines of GT (green) and predictions (magenta): the last test image (by name: a
+    well's latest, densest frame) of each cell line in turn, `overlays` in all."""
     out.mkdir()
-    for im in gt["images"][: cfg.overlays]:
+    last: dict[str, dict] = {}
+    for im in sorted(gt["images"], key=lambda im: im["file_name"]):
+        last[cell_line(im)] = im
+    for im in list(last.values())[: cfg.overlays]:
         h, w = im["height"], im["width"]
         image = read_gray(images_dir / im["file_name"], size=(w, h))
         truth = [

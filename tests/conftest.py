@@ -47,9 +47,10 @@ def make_livecell_root(
     height: int = 520,
     seed: int = 0,
     lines: tuple[str, ...] = ("A172", "BV2", "MCF7", "SHSY5Y"),
+    hours: tuple[float, ...] = (0.0,),
 ) -> Path:
     """A LIVECell-format data root: images/<split dir>/<line>/*.tif + annotations/*.json;
-    image i goes to train, val, test in turn."""
+    well i goes to train, val, test in turn (one time point: every image a well)."""
     samples = generate(
         n_images=n_images,
         empty_images=empty,
@@ -57,6 +58,7 @@ def make_livecell_root(
         width=width,
         height=height,
         seed=seed,
+        hours=hours,
     )
     write_livecell_root(root, samples, splits=("train", "val", "test"))
     return root

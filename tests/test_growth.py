@@ -185,3 +185,103 @@ def test_the_app_growth_tab_from_uploads_or_a_local_folder(series_dir, tmp_path,
     assert same == rows
     with pytest.raises(LivecellsegError, match="no images"):
         growth(seg, checkpoints, [], "", "custom", "whole", tmp_path, allow_folders=True)
+
+
+@pytest.fixture(scope="module")
+def sample_series(tmp_path_factory):
+    """The sample's time-lapse at a quarter of LIVECell's area: every cell line, one well,
+    four time points, written as a LIVECell root; its COCO entries in one document."""
+    import json
+
+    from livecellseg.sample import LOOKS, generate, write_livecell_root
+
+    root = tmp_path_factory.mktemp("series")
+    lines = tuple(LOOKS)
+    samples = generate(
+        n_images=4 * len(lines),
+        empty_images=0,
+        cell_lines=lines,
+        width=352,
+        height=260,
+        seed=5,
+        hours=(0, 24, 48, 72),
+        workers=2,
+    )
+    write_livecell_root(root, samples, splits=("test",), duplicates=())
+    doc = json.loads((root / "annotations" / "livecell_coco_test.json").read_text())
+    return root, doc
+
+
+def test_the_samples_known_doubling_time_is_recovered_from_its_ground_truth(sample_series):
+    from livecellseg.coco import to_rle
+    from livecellseg.growth import coco_rows, fit_wells
+    from livecellseg.sample import LOOKS
+
+    _, doc = sample_series
+    sizes = {im["id"]: (im["height"], im["width"]) for im in doc["images"]}
+    segs: dict[int, list] = {}
+    for a in doc["annotations"]:
+        segs.setdefault(a["image_id"], []).append(to_rle(a["segmentation"], *sizes[a["image_id"]]))
+    rows, skipped = coco_rows(doc["images"], segs)
+    assert skipped == [] and len(rows) == 32
+    fits = fit_wells(rows)
+    assert len(fits) == 8
+    for well, fit in fits.items():
+        known = LOOKS[well.split()[0]].doubling_h
+        assert fit.hours == pytest.approx(known, rel=0.15), (well, fit)
+        assert fit.ci95[0] < known < fit.ci95[1]
+
+
+def test_the_growth_stage_compares_each_model_with_the_truth_per_well(sample_series, tmp_path):
+    """The stage on the ground truth and on a 'model' that misses 1 cell in 10 more at each
+    time point (none at 0 h, 3 in 10 at 72 h): the truth's fits, the model's errors (slower
+    growth: a longer doubling time) and one plot file per well with a column per source."""
+    import csv
+    import json
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    root, doc = sample_series
+    split = tmp_path / "test.json"
+    split.write_text(json.dumps(doc))
+    frame = {im["id"]: int(im["file_name"].split("_")[4][:2]) for im in doc["images"]}  # day
+    from livecellseg.coco import to_rle
+
+    sizes = {im["id"]: (im["height"], im["width"]) for im in doc["images"]}
+    results, seen = [], {}
+    for a in doc["annotations"]:
+        k = seen[a["image_id"]] = seen.get(a["image_id"], 0) + 1
+        if k % 10 < frame[a["image_id"]]:
+            continue
+        rle = to_rle(a["segmentation"], *sizes[a["image_id"]])
+        rle["counts"] = (
+            rle["counts"].decode() if isinstance(rle["counts"], bytes) else rle["counts"]
+        )
+        results.append(
+            {"image_id": a["image_id"], "category_id": 1, "segmentation": rle, "score": 0.9}
+        )
+    preds = tmp_path / "missing.json"
+    preds.write_text(json.dumps(results))
+    r = subprocess.run(
+        [sys.executable, "-m", "stages.growth", "--split", split, "--predictions", preds,
+         "--metrics", tmp_path / "growth.json", "--plots", tmp_path / "plots",
+         "--figure", tmp_path / "growth.png"],
+        cwd=ROOT, capture_output=True, text=True,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr[-2000:]
+    m = json.loads((tmp_path / "growth.json").read_text())
+    assert m["images"] == 32 and m["skipped"] == 0 and set(m) >= {"truth", "missing"}
+    assert len(m["truth"]["wells"]) == 8 and m["missing"]["wells_compared"] == 8
+    for well, fit in m["missing"]["wells"].items():
+        truth = m["truth"]["wells"][well]["doubling_h"]
+        assert fit["doubling_h"] > truth and fit["error_pct"] > 0
+    assert m["missing"]["median_abs_error_pct"] > 15
+    files = sorted(p.name for p in (tmp_path / "plots").iterdir())
+    assert len(files) == 8 and files[0] == "A172_B2.csv"
+    rows = list(csv.DictReader((tmp_path / "plots" / "A172_B2.csv").open()))
+    assert [r["hours"] for r in rows] == ["0.0", "24.0", "48.0", "72.0"]
+    assert float(rows[3]["missing"]) == pytest.approx(0.7 * float(rows[3]["truth"]), abs=1)
+    assert rows[0]["missing"] == rows[0]["truth"]
+    assert (tmp_path / "growth.png").read_bytes()[:4] == b"\x89PNG"

@@ -16,6 +16,8 @@ from tests.conftest import ROOT, scratch_dir
 from tests.test_livecell import RangeHandler, _serve
 
 pytestmark = pytest.mark.slow
+# one time point: each image is a well of its own (the by-well split is tested in test_split)
+TINY_SAMPLE = {"n_images": 6, "empty_images": 1, "cell_lines": ["A172", "BV2"], "hours": [0]}
 
 
 def _copy_project(dst: Path) -> Path:
@@ -60,7 +62,7 @@ def _set_params(project: Path, **sections):
 def project(tmp_path_factory):
     with scratch_dir(tmp_path_factory, "project") as p:
         _copy_project(p)
-        _set_params(p, sample={"n_images": 6, "empty_images": 1, "cell_lines": ["A172", "BV2"]})
+        _set_params(p, sample=TINY_SAMPLE)
         yield p
 
 
@@ -125,7 +127,7 @@ def _tiny_project(dst: Path, raw_params) -> Path:
     tiny = tiny_train_params(raw_params)
     _set_params(
         p,
-        sample={"n_images": 6, "empty_images": 1, "cell_lines": ["A172", "BV2"]},
+        sample=TINY_SAMPLE,
         **{k: tiny[k] for k in ("model", "train", "transfer", "custom")},
     )
     _sh(["git", "add", "-A"], p)
@@ -163,7 +165,7 @@ def test_full_pipeline_twice_identical_then_an_experiment(tmp_path, raw_params):
     _sh(["dvc", "repro"], p)
     _sh(["dvc", "repro"], q)
     metrics = sorted(f.relative_to(p) for f in (p / "metrics").rglob("*.json"))
-    assert len(metrics) == 6  # subset, tile, two training summaries, two evaluations
+    assert len(metrics) == 7  # subset, tile, two training summaries, two evaluations, growth
     for f in metrics:
         assert (p / f).read_text() == (q / f).read_text(), f
     assert _lock_outs(p) == _lock_outs(q) and len(_lock_outs(p)) >= 14
@@ -179,10 +181,16 @@ def test_full_pipeline_twice_identical_then_an_experiment(tmp_path, raw_params):
         assert (p / f"plots/{name}/precision_recall.csv").exists()
         assert len(list((p / f"plots/{name}/overlays").glob("*.png"))) == 1  # 1 test image
 
+    growth = json.loads((p / "metrics/growth.json").read_text())
+    assert growth["images"] == 1 and set(growth) >= {"truth", "transfer", "custom"}
+    (fit,) = growth["truth"]["wells"].values()  # one frame: no doubling time, and why
+    assert fit["doubling_h"] is None and fit["reason"].startswith("not estimable")
+    assert len(list((p / "plots/growth").glob("*.csv"))) == 1
+
     # a param change: dvc status names the stages that read it...
     assert _changed_stages(q) == set()
     _set_params(q, evaluate={"score_thresh": 0.6})
-    assert _changed_stages(q) == {"evaluate@transfer", "evaluate@custom"}
+    assert _changed_stages(q) == {"evaluate@transfer", "evaluate@custom", "growth"}
     # stitch params are recorded in both checkpoints (the CLI predicts with them): both retrain
     _set_params(q, stitch={"nms_iou": 0.6}, model={"lr": 1e-3})
     assert _changed_stages(q) == {
@@ -192,6 +200,7 @@ def test_full_pipeline_twice_identical_then_an_experiment(tmp_path, raw_params):
         "stitch_predict@custom",
         "evaluate@transfer",
         "evaluate@custom",
+        "growth",
     }
 
     # ...and a run reruns only those and what depends on their outputs
@@ -200,8 +209,9 @@ def test_full_pipeline_twice_identical_then_an_experiment(tmp_path, raw_params):
     out = _sh(["dvc", "exp", "run", "-S", "model.lr=1e-4"], p)
     ran = set(re.findall(r"Running stage '([^']+)'", out))
     assert {"train_transfer", "stitch_predict@transfer"} <= ran, out[-3000:]
-    # evaluate@transfer too when the predictions changed (a tiny model may predict nothing)
-    assert ran <= {"train_transfer", "stitch_predict@transfer", "evaluate@transfer"}, ran
+    # evaluate@transfer and growth too when the predictions changed (a tiny model may
+    # predict nothing)
+    assert ran <= {"train_transfer", "stitch_predict@transfer", "evaluate@transfer", "growth"}, ran
     shown = _sh(["dvc", "exp", "show", "--no-pager", "--csv"], p)
     assert "0.0001" in shown and "0.005" in shown
     _sh(["dvc", "metrics", "diff", "HEAD", "--all"], p)

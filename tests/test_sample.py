@@ -7,8 +7,16 @@ from pycocotools import mask as mask_utils
 from scipy import ndimage
 from skimage.morphology import convex_hull_image
 
-from livecellseg.livecell import index_images
-from livecellseg.sample import LOOKS, MIN_CELL_PIXELS, generate
+from livecellseg.livecell import index_images, parse_name
+from livecellseg.sample import (
+    LOOKS,
+    MIN_CELL_PIXELS,
+    Series,
+    draw_cells,
+    generate,
+    grow_cells,
+    layout,
+)
 from tests.conftest import make_livecell_root
 
 NAME = re.compile(
@@ -46,7 +54,7 @@ def test_livecell_format(tmp_path):
 
 
 def test_deterministic_and_varied():
-    def run(seed, workers=1):
+    def run(seed, workers=1, hours=(0,)):
         return [
             (n, img.tobytes(), [p.tobytes() for p in polys])
             for n, _, img, polys in generate(
@@ -57,11 +65,13 @@ def test_deterministic_and_varied():
                 height=150,
                 seed=seed,
                 workers=workers,
+                hours=hours,
             )
         ]
 
     assert run(5) == run(5) == run(5, workers=2)  # parallel rendering changes nothing
     assert run(5) != run(6)
+    assert run(5, hours=(0, 24)) == run(5, workers=2, hours=(0, 24)) != run(5)
 
 
 def _masks(polys, height=520, width=704):
@@ -129,3 +139,58 @@ def test_neurites_belong_to_their_cell():
     for m in masks.transpose(2, 0, 1):
         solidity.append(m.sum() / convex_hull_image(m).sum())
     assert sum(s < 0.5 for s in solidity) >= 5, sorted(solidity)[:10]
+
+
+def test_layout_of_the_time_lapse_series():
+    series = layout(11, 2, ("A172", "BV2"), (0.0, 24.0, 48.0), positions=2)
+    assert series == [
+        Series("A172", "B2", 1, (0.0, 24.0, 48.0), False),
+        Series("BV2", "B2", 1, (0.0, 24.0, 48.0), False),
+        Series("A172", "B2", 2, (0.0, 24.0, 48.0), False),  # a second position of the well
+        Series("A172", "H12", 1, (0.0, 24.0), True),  # the empty control well
+    ]
+    one = layout(5, 1, ("A172", "BV2"), (0.0,), positions=1)  # one time point: a well each
+    assert [(s.line, s.well) for s in one] == [
+        ("A172", "B2"), ("BV2", "B2"), ("A172", "C2"), ("BV2", "C2"), ("A172", "H12")
+    ]  # fmt: skip
+
+
+def test_time_lapse_frames_are_named_as_livecell_and_grow_at_the_lines_rate():
+    items = list(
+        generate(
+            n_images=9,
+            empty_images=1,
+            cell_lines=("MCF7", "BV2"),
+            width=352,
+            height=260,
+            seed=1,
+            hours=(0, 24, 48, 72),
+        )
+    )
+    points = [parse_name(name) for name, *_ in items]
+    assert [(p.line, p.well, p.position, p.hours) for p in points[:4]] == [
+        ("MCF7", "B2", "1_1", h) for h in (0.0, 24.0, 48.0, 72.0)
+    ]
+    assert points[4].line == "BV2" and points[8].well == "H12" and len(items[8][3]) == 0
+    for line, frames in (("MCF7", items[:4]), ("BV2", items[4:8])):
+        counts = np.array([len(polys) for *_, polys in frames])
+        ratio = 2 ** (24 / LOOKS[line].doubling_h)
+        assert np.allclose(counts[1:] / counts[:-1], ratio, rtol=0.1), (line, counts)
+
+
+def test_cells_move_a_little_and_daughters_are_born_beside_them():
+    look = LOOKS["A172"]
+    rng = np.random.default_rng(0)
+    cells = draw_cells(rng, look, 60, 520, 704)
+    later = grow_cells(rng, look, cells, 90, 520, 704)
+    assert len(later) == 90
+    moved = np.array(
+        [np.hypot(a.cy - b.cy, a.cx - b.cx) for a, b in zip(cells, later[:60], strict=True)]
+    )
+    radius = np.array([c.radius for c in cells])
+    assert (moved > 0).all() and np.median(moved / radius) < 1.0  # the same cells, near by
+    for d in later[60:]:
+        gap = min(np.hypot(d.cy - c.cy, d.cx - c.cx) / c.radius for c in later[:60])
+        assert gap <= 3.0 + 1e-9
+    full = grow_cells(rng, look, later, 3000, 520, 704)  # no room for 3,000 A172 cells: it
+    assert 500 < len(full) < 3000  # stops with the image full

@@ -10,11 +10,13 @@ import yaml
 from livecellseg.errors import DataError
 from livecellseg.livecell import SPLITS
 from livecellseg.split import (
+    assign_groups,
     assign_splits,
     check_unique_names,
     official_splits,
     split_counts,
     stratified_order,
+    well_of,
 )
 from tests.conftest import ROOT, make_livecell_root
 
@@ -114,3 +116,43 @@ def test_split_stage_puts_each_picture_in_one_split(mode, tmp_path, raw_params):
     if mode == "official":  # 9 images cycled over train/val/test; the picture in train and
         # val is kept in val
         assert {s: len(d["images"]) for s, d in docs.items()} == {"train": 2, "val": 4, "test": 3}
+
+
+def test_whole_wells_go_to_one_split_stratified_by_cell_line():
+    names = [
+        f"{line}_Phase_{well}_1_00d{h:02d}h00m_1.tif"
+        for line in ("A172", "BV2")
+        for well in (f"B{k}" for k in range(1, 11))
+        for h in (0, 12, 24)
+    ]
+    groups = [well_of(n) for n in names]
+    strata = [n.split("_")[0] for n in names]
+    parts = assign_groups(groups, strata, FRACTIONS, seed=0)
+    assert sorted(i for idx in parts.values() for i in idx) == list(range(60))
+    seen = {}
+    for split, idx in parts.items():
+        for i in idx:
+            assert seen.setdefault(groups[i], split) == split  # a well in one split
+    test_wells = {groups[i] for i in parts["test"]}
+    assert len(test_wells) == 3 and {w.split()[0] for w in test_wells} == {"A172", "BV2"}
+    assert parts == assign_groups(groups, strata, FRACTIONS, seed=0)
+    assert well_of("A172_Phase_B2_1_00d12h00m_1.tif") == "A172 B2"
+    assert well_of("plate3/x.tif") == "plate3/x.tif"  # not a LIVECell name: its own group
+    with pytest.raises(DataError, match="2 wells are too few.*split.by: image"):
+        assign_groups(["a", "a", "b"], ["x"] * 3, FRACTIONS, seed=0)
+
+
+def test_split_stage_by_well_keeps_each_time_lapse_together(tmp_path, raw_params):
+    root = make_livecell_root(
+        tmp_path / "raw", n_images=24, empty=0, width=140, height=100, hours=(0, 24, 48)
+    )
+    r = _stage("subset", "--raw", root, "--out", tmp_path / "s", "--report", tmp_path / "r.json")
+    assert r.returncode == 0, r.stderr[-2000:]
+    r = _stage("split", "--subset", tmp_path / "s/annotations.json", "--out", tmp_path / "split")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "split.by well: 8 wells" in r.stderr
+    where = {}
+    for s in SPLITS:
+        for img in json.loads((tmp_path / f"split/{s}.json").read_text())["images"]:
+            where.setdefault(well_of(img["file_name"]), set()).add(s)
+    assert len(where) == 8 and all(len(v) == 1 for v in where.values())

@@ -272,6 +272,102 @@ def _round(x: float | None, digits: int = 2) -> float | None:
     return None if x is None or not math.isfinite(x) else round(float(x), digits)
 
 
+def segmentations_by_image(
+    annotations: list[dict], score_thresh: float | None = None
+) -> dict[int, list]:
+    """image id -> the segmentations of its cells (predictions: those scoring above
+    `score_thresh`, as evaluation counts them)."""
+    out: dict[int, list] = {}
+    for a in annotations:
+        if score_thresh is None or a["score"] > score_thresh:
+            out.setdefault(a["image_id"], []).append(a["segmentation"])
+    return out
+
+
+@dataclass
+class Comparison:
+    """Growth of a set of images by the ground truth and by each model."""
+
+    metrics: dict  # flat numbers per source and well (a metrics file), with each model's errors
+    wells: dict[str, list[dict]]  # source -> `well_rows`
+    fits: dict[str, dict[str, DoublingTime]]  # source -> well -> fit
+    skipped: list[str]  # names that are not time-lapse names
+
+
+def compare(images: list[dict], sources: dict[str, dict[int, list]]) -> Comparison:
+    """Counts and doubling times per well of `images` (COCO entries) from each source
+    (`segmentations_by_image`; the first is the truth): each model's doubling time beside the
+    truth's, its error per well, and the median absolute error over the wells both fit."""
+    wells, fits = {}, {}
+    for name, segs in sources.items():
+        rows, skipped = coco_rows(images, segs)
+        wells[name], fits[name] = well_rows(rows), fit_wells(rows)
+    truth_name, *models = sources
+    metrics: dict = {"images": len(images) - len(skipped), "skipped": len(skipped)}
+    metrics[truth_name] = {"wells": {w: fit_summary(f) for w, f in fits[truth_name].items()}}
+    for name in models:
+        truth = fits[truth_name]
+        per_well = {w: fit_summary(f, truth[w]) for w, f in fits[name].items()}
+        errors = [abs(s["error_pct"]) for s in per_well.values() if s["error_pct"] is not None]
+        metrics[name] = {
+            "median_abs_error_pct": round(float(np.median(errors)), 2) if errors else None,
+            "wells_compared": len(errors),
+            "wells": per_well,
+        }
+    return Comparison(metrics, wells, fits, skipped)
+
+
+def count_table(comparison: Comparison, well: str) -> list[dict]:
+    """One well's mean count per image at each time point, a column per source."""
+    cols = {
+        name: {
+            r["hours"]: r["cells_mean"] for r in rows if f"{r['line']} {r['well']}".strip() == well
+        }
+        for name, rows in comparison.wells.items()
+    }
+    hours = sorted(next(iter(cols.values())))
+    return [{"hours": h} | {name: c.get(h, 0.0) for name, c in cols.items()} for h in hours]
+
+
+def plot_comparison(comparison: Comparison, path) -> None:
+    """A panel per well: mean count per image against time (log scale) from each source,
+    with its doubling time in the legend."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from livecellseg.io import atomic_path
+
+    truth_name = next(iter(comparison.fits))
+    wells = list(comparison.fits[truth_name]) or ["(no wells)"]
+    cols = min(len(wells), 4)
+    rows = -(-len(wells) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.3 * cols, 2.9 * rows), squeeze=False)
+    for ax, well in zip(axes.ravel(), wells, strict=False):
+        table = count_table(comparison, well) if comparison.fits[truth_name] else []
+        for k, name in enumerate(comparison.fits):
+            fit = comparison.fits[name].get(well)
+            h = f"{fit.hours:.0f} h" if fit is not None and fit.estimable else "n/e"
+            ax.plot(
+                [r["hours"] for r in table],
+                [max(r[name], 0.5) for r in table],
+                marker="o",
+                ms=3,
+                color="black" if k == 0 else f"C{k - 1}",
+                label=f"{name}: {h}",
+            )
+        ax.set(title=well, xlabel="hours", yscale="log")
+        ax.legend(fontsize=7, title="doubling time", title_fontsize=7)
+    for ax in axes.ravel()[len(wells) :]:
+        ax.axis("off")
+    axes[0, 0].set_ylabel("cells per image")
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=100, format="png")
+    plt.close(fig)
+
+
 def describe(name: str, f: DoublingTime) -> str:
     """One line on a well's fit."""
     if not f.estimable:
