@@ -147,7 +147,7 @@ def test_layout_of_the_time_lapse_series():
         Series("A172", "B2", 1, (0.0, 24.0, 48.0), False),
         Series("BV2", "B2", 1, (0.0, 24.0, 48.0), False),
         Series("A172", "B2", 2, (0.0, 24.0, 48.0), False),  # a second position of the well
-        Series("A172", "H12", 1, (0.0, 24.0), True),  # the empty control well
+        Series("BV2", "H12", 1, (0.0, 24.0), True),  # the empty control well
     ]
     one = layout(5, 1, ("A172", "BV2"), (0.0,), positions=1)  # one time point: a well each
     assert [(s.line, s.well) for s in one] == [

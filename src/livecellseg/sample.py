@@ -428,7 +428,8 @@ def layout(
     """The sample's series: the n_images - empty_images images with cells form series of
     len(hours) frames (the last may be shorter), the cell lines in turn; a line's series
     fill the positions of its wells B2, C2, ..., then the next column. The empty images are
-    the control well H12 (its positions in turn, each at the first hours)."""
+    the control well H12 of the next line in turn (its positions in turn, each at the first
+    hours)."""
     out, n_cells = [], n_images - empty_images
     for s in range(-(-n_cells // len(hours))):
         k = s // len(cell_lines)  # the line's k-th series
@@ -442,9 +443,10 @@ def layout(
                 False,
             )
         )
+    line = cell_lines[len(out) % len(cell_lines)]  # the next line in turn
     for p in range(-(-empty_images // len(hours))):
         frames = min(len(hours), empty_images - p * len(hours))
-        out.append(Series(cell_lines[0], EMPTY_WELL, 1 + p, hours[:frames], True))
+        out.append(Series(line, EMPTY_WELL, 1 + p, hours[:frames], True))
     return out
 
 
