@@ -138,11 +138,26 @@ def _sd(values: np.ndarray) -> float:
     return round(float(values.std(ddof=1)), 3) if len(values) > 1 else 0.0
 
 
+def well_name(row: dict) -> str:
+    """The name a well goes by in fits, tables and plots: "<line> <well>" ("B3" if no line)."""
+    return f"{row['line']} {row['well']}".strip()
+
+
+def image_row(file_name: str, point: TimePoint, measures: dict) -> dict:
+    """One image's growth row: its name, where and when, and `image_measures`."""
+    return {"file": file_name, **asdict(point)} | measures
+
+
+def sort_rows(rows: list[dict]) -> None:
+    """By line, well, time, position: the order of growth.csv."""
+    rows.sort(key=lambda r: (r["line"], r["well"], r["hours"], r["position"]))
+
+
 def fit_wells(rows: list[dict]) -> dict[str, DoublingTime]:
     """`doubling_time` of each well ("<line> <well>"), from its per-image counts."""
     wells: dict[str, list[dict]] = {}
     for r in rows:
-        wells.setdefault(f"{r['line']} {r['well']}".strip(), []).append(r)
+        wells.setdefault(well_name(r), []).append(r)
     return {
         name: doubling_time(np.array([r["hours"] for r in rs]), np.array([r["cells"] for r in rs]))
         for name, rs in sorted(wells.items())
@@ -160,7 +175,7 @@ def plot_growth(wells: list[dict], fits: dict[str, DoublingTime], path) -> None:
 
     fig, (ax_n, ax_c) = plt.subplots(1, 2, figsize=(11, 4.2))
     for name in fits:
-        rs = [w for w in wells if f"{w['line']} {w['well']}".strip() == name]
+        rs = [w for w in wells if well_name(w) == name]
         t = np.array([w["hours"] for w in rs])
         for ax, key in ((ax_n, "cells"), (ax_c, "confluence")):
             m, s = np.array([w[f"{key}_mean"] for w in rs]), np.array([w[f"{key}_sd"] for w in rs])
@@ -210,10 +225,10 @@ def analyse(paths: list, points: list[TimePoint], segment, progress=None) -> Gro
             skipped.append(str(e))
             continue
         measures = image_measures(segment(image), *image.shape)
-        rows.append({"file": Path(path).name, **asdict(point)} | measures)
+        rows.append(image_row(Path(path).name, point, measures))
     if not rows:
         raise LivecellsegError(f"none of the {len(paths)} images could be read: {skipped[0]}")
-    rows.sort(key=lambda r: (r["line"], r["well"], r["hours"], r["position"]))
+    sort_rows(rows)
     return Growth(rows, well_rows(rows), fit_wells(rows), skipped)
 
 
@@ -245,8 +260,8 @@ def coco_rows(images: list[dict], segmentations: dict[int, list[dict]]) -> tuple
             skipped.append(im["file_name"])
             continue
         measures = image_measures(segmentations.get(im["id"], []), im["height"], im["width"])
-        rows.append({"file": im["file_name"], **asdict(point)} | measures)
-    rows.sort(key=lambda r: (r["line"], r["well"], r["hours"], r["position"]))
+        rows.append(image_row(im["file_name"], point, measures))
+    sort_rows(rows)
     return rows, skipped
 
 
@@ -320,9 +335,7 @@ def compare(images: list[dict], sources: dict[str, dict[int, list]]) -> Comparis
 def count_table(comparison: Comparison, well: str) -> list[dict]:
     """One well's mean count per image at each time point, a column per source."""
     cols = {
-        name: {
-            r["hours"]: r["cells_mean"] for r in rows if f"{r['line']} {r['well']}".strip() == well
-        }
+        name: {r["hours"]: r["cells_mean"] for r in rows if well_name(r) == well}
         for name, rows in comparison.wells.items()
     }
     hours = sorted(next(iter(cols.values())))
