@@ -1,13 +1,16 @@
 import json
 
+import numpy as np
 import pytest
 
 from livecellseg.coco import (
     check_images,
     clean_segmentation,
+    encode_masks,
     iter_annotations,
     make_annotation_checker,
     read_header,
+    rle_areas,
 )
 from livecellseg.errors import DataError
 
@@ -133,3 +136,14 @@ def test_load_as_rle_gives_the_same_masks(tmp_path):
         assert {k: v for k, v in mine.items() if k != "segmentation"} == {
             k: v for k, v in orig.items() if k != "segmentation"
         }
+
+
+def test_rle_areas_of_more_than_255_masks():
+    # pycocotools' own area() overflows a uint8 scratch array past 255 RLEs (numpy 2);
+    # a dense LIVECell image holds ~2,000 cells.
+    masks = np.zeros((300, 20, 30), dtype=np.uint8)
+    for i in range(300):
+        masks[i, : 1 + i % 20, : 1 + i % 30] = 1
+    areas = rle_areas(encode_masks(masks))
+    assert areas.tolist() == [(1 + i % 20) * (1 + i % 30) for i in range(300)]
+    assert rle_areas([]).shape == (0,)

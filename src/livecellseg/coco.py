@@ -169,6 +169,17 @@ def to_rle(seg: list[list[float]] | dict, height: int, width: int) -> dict:
     return mask_utils.merge(mask_utils.frPyObjects(seg, height, width))
 
 
+def rle_areas(rles: list[dict]) -> np.ndarray:
+    """Pixel areas of RLEs (int64). pycocotools' `area` on a list sizes a scratch uint8
+    array with the list's length, so under numpy 2 it raises OverflowError for more than
+    255 RLEs: it is called here on chunks of 255."""
+    if not rles:
+        return np.zeros(0, dtype=np.int64)
+    return np.concatenate(
+        [mask_utils.area(rles[i : i + 255]) for i in range(0, len(rles), 255)]
+    ).astype(np.int64)
+
+
 def encode_masks(masks: np.ndarray) -> list[dict]:
     """Binary masks (n, h, w) -> n RLEs (pycocotools form, bytes counts)."""
     if len(masks) == 0:
