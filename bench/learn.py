@@ -13,6 +13,11 @@ directory; the project's models and metrics are not touched. Needs the tile stag
     python bench/learn.py [--profile default|long] [--models custom transfer]
                           [--set transfer.scratch_norm=group ...] [--bf16 auto|force]
                           [--threads N] [--whole] [--out FILE] [--keep DIR]
+                          [--nms 0.6 0.7] [--trained DIR]
+
+`--nms` segments the test images again with other box NMS thresholds (post-processing, the
+same weights); `--trained DIR` skips training and segments with DIR/<model>.pt, the model a
+`--keep DIR` run kept: a post-processing sweep of a trained model.
 
 `--bf16 force` runs bfloat16 autocast on a CPU without native bfloat16 too (oneDNN emulates
 it): to measure what it costs there. `auto` uses it only where the CPU has it (train.amp).
@@ -26,6 +31,7 @@ import shutil
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import yaml
@@ -62,6 +68,14 @@ def main() -> None:
     p.add_argument("--images", type=Path, default=Path("data/subset/images"))
     p.add_argument("--out", type=Path, help="also write the JSON here")
     p.add_argument("--keep", type=Path, help="copy each trained model here as <model>.pt")
+    p.add_argument(
+        "--nms", type=float, nargs="*", default=[],
+        help="also segment (stitched) with these box NMS IoU thresholds: the same weights",
+    )  # fmt: skip
+    p.add_argument(
+        "--trained", type=Path,
+        help="no training: segment with DIR/<model>.pt (a --keep of an earlier run)",
+    )  # fmt: skip
     args = p.parse_args()
 
     import torch
@@ -71,6 +85,7 @@ def main() -> None:
     from livecellseg.evaluation import evaluate, load_as_rle
     from livecellseg.growth import compare, segmentations_by_image
     from livecellseg.images import read_gray
+    from livecellseg.models import apply_inference
     from livecellseg.predict import Predictor, to_coco_results
     from livecellseg.runtime import pick_device
     from livecellseg.training import train_model
@@ -103,28 +118,38 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.models:
             out = Path(tmp) / name
-            t = time.perf_counter()
-            summary = train_model(
-                name,
-                params,
-                tiles=args.tiles,
-                best=out / "best.pt",
-                last=out / "last.pt",
-                live_dir=out / "live",
-                resume=False,
-            )
-            train_s = time.perf_counter() - t
-            if args.keep:
-                args.keep.mkdir(parents=True, exist_ok=True)
-                shutil.copy(out / "best.pt", args.keep / f"{name}.pt")
-            predict, _ = Predictor.from_checkpoint(out / "best.pt", device)
-            report[name] = {
-                "pretrained": summary["pretrained"],
-                "train_s": round(train_s),
-                "best_epoch": summary["best_epoch"],
-                "epochs": learning_curve(out / "live"),
-            }
-            for mode in ("stitched", "whole") if args.whole else ("stitched",):
+            if args.trained:  # a model trained before (--keep): post-processing runs only
+                predict, ckpt = Predictor.from_checkpoint(args.trained / f"{name}.pt", device)
+                report[name] = {"trained": str(args.trained / f"{name}.pt"), "val": ckpt["val"]}
+            else:
+                t = time.perf_counter()
+                summary = train_model(
+                    name,
+                    params,
+                    tiles=args.tiles,
+                    best=out / "best.pt",
+                    last=out / "last.pt",
+                    live_dir=out / "live",
+                    resume=False,
+                )
+                train_s = time.perf_counter() - t
+                if args.keep:
+                    args.keep.mkdir(parents=True, exist_ok=True)
+                    shutil.copy(out / "best.pt", args.keep / f"{name}.pt")
+                predict, _ = Predictor.from_checkpoint(out / "best.pt", device)
+                report[name] = {
+                    "pretrained": summary["pretrained"],
+                    "train_s": round(train_s),
+                    "best_epoch": summary["best_epoch"],
+                    "epochs": learning_curve(out / "live"),
+                }
+            runs = [("stitched", None)] + [("whole", None)] * args.whole
+            runs += [("stitched", nms) for nms in args.nms]
+            for mode, nms in runs:
+                if nms is not None:  # post-processing only: the same weights
+                    s = predict.settings
+                    predict.settings = replace(s, inference=replace(s.inference, nms_thresh=nms))
+                    apply_inference(predict.model, predict.settings.inference)
                 results = []
                 t = time.perf_counter()
                 for im in gt["images"]:
@@ -137,29 +162,38 @@ def main() -> None:
                     score_thresh=params.evaluate.score_thresh,
                     iou_thresh=params.evaluate.iou_thresh,
                 )
-                report[name][mode] = {
-                    "test": {k: round(v, 4) for k, v in metrics["overall"].items()},
+                overall = metrics["overall"]
+                key = mode if nms is None else f"{mode}_nms{nms:g}"
+                report[name][key] = {
+                    "nms_thresh": predict.settings.inference.nms_thresh,
+                    "test": {k: round(v, 4) for k, v in overall.items() if not isinstance(v, dict)},
+                    "recall_by_area": overall["recall_by_area"],
+                    "gt_by_area": overall["gt_by_area"],
                     "per_cell_line_f1": {
                         group: round(m["f1"], 3)
                         for group, m in metrics.items()
                         if group != "overall"
                     },
+                    "per_cell_line_recall": {
+                        group: round(m["recall"], 3)
+                        for group, m in metrics.items()
+                        if group != "overall"
+                    },
                     "predict_s": round(predict_s),
                 }
-                if mode == "stitched":
-                    thresh = params.evaluate.score_thresh
-                    found = segmentations_by_image(results, thresh)
-                    growth = compare(gt["images"], {"truth": truth, name: found}).metrics
-                    error = growth[name]["median_abs_error_pct"]
-                    report[name]["growth"] = {
-                        "median_abs_error_pct": error,
-                        "tolerance_pct": GROWTH_TOLERANCE_PCT,
-                        "growth_ok": error is not None and error <= GROWTH_TOLERANCE_PCT,
-                        "doubling_h": {
-                            well: [growth["truth"]["wells"][well]["doubling_h"], fit["doubling_h"]]
-                            for well, fit in growth[name]["wells"].items()
-                        },  # [truth, model]
-                    }
+                thresh = params.evaluate.score_thresh
+                found = segmentations_by_image(results, thresh)
+                growth = compare(gt["images"], {"truth": truth, name: found}).metrics
+                error = growth[name]["median_abs_error_pct"]
+                report[name][key]["growth"] = {
+                    "median_abs_error_pct": error,
+                    "tolerance_pct": GROWTH_TOLERANCE_PCT,
+                    "growth_ok": error is not None and error <= GROWTH_TOLERANCE_PCT,
+                    "doubling_h": {
+                        well: [growth["truth"]["wells"][well]["doubling_h"], fit["doubling_h"]]
+                        for well, fit in growth[name]["wells"].items()
+                    },  # [truth, model]
+                }
             print(f"{name}: {json.dumps(report[name])}", file=sys.stderr, flush=True)
             del predict
             if torch.cuda.is_available():

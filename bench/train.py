@@ -38,7 +38,9 @@ def measure(name: str, config: str, args: argparse.Namespace) -> dict:
     from livecellseg.models import build_model
     from livecellseg.runtime import peak_memory_bytes, pick_device, seed_everything
     from livecellseg.settings import (
+        ArchSettings,
         SamplingSettings,
+        arch_settings,
         fit_config,
         inference_settings,
         sampling_settings,
@@ -47,11 +49,14 @@ def measure(name: str, config: str, args: argparse.Namespace) -> dict:
     params = load_params()
     inference = inference_settings(params.model, params.stitch)
     sampling = sampling_settings(params.model)
-    if config == "naive":  # torchvision's maskrcnn_resnet50_fpn defaults
+    arch = arch_settings(name, params.model, params.custom)
+    if config == "naive":  # torchvision's maskrcnn_resnet50_fpn defaults (the design's anchors)
         inference = replace(inference, min_size=800, max_size=1333)
         sampling = SamplingSettings(
             rpn_pre_nms_top_n=2000, rpn_post_nms_top_n=2000, box_batch_size_per_image=512
         )
+        sizes = ((32, 64, 128),) * 5 if name == "custom" else ((32,), (64,), (128,), (256,), (512,))
+        arch = ArchSettings(sizes, (0.5, 1.0, 2.0), (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
     cfg = fit_config(name, params)
     device = pick_device(args.device)
     phase = cfg.phases[-1]  # for transfer the unfrozen phase: the costlier one
@@ -65,7 +70,7 @@ def measure(name: str, config: str, args: argparse.Namespace) -> dict:
 
     def fresh_model():
         seed_everything(params.seed)
-        model, _ = build_model(name, inference=inference, sampling=sampling)
+        model, _ = build_model(name, inference=inference, sampling=sampling, arch=arch)
         return model.to(device)
 
     def loader(dataset):

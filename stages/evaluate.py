@@ -57,6 +57,7 @@ def main(params, args) -> None:
         cfg.score_thresh,
         args.metrics,
     )
+    log.info("recall by cell area (px): %s", overall["recall_by_area"])
 
 
 def _overlays(gt, results, images_dir: Path, out: Path, cfg) -> None:

@@ -155,12 +155,17 @@ def default_params():
     return load_params(ROOT / "params.yaml")
 
 
-def default_model_settings():
-    """(InferenceSettings, SamplingSettings) of params.yaml: what build_model takes."""
-    from livecellseg.settings import inference_settings, sampling_settings
+def default_model_settings(name: str = "custom"):
+    """(InferenceSettings, SamplingSettings, ArchSettings) of params.yaml for model `name`:
+    what build_model takes."""
+    from livecellseg.settings import arch_settings, inference_settings, sampling_settings
 
     p = default_params()
-    return inference_settings(p.model, p.stitch), sampling_settings(p.model)
+    return (
+        inference_settings(p.model, p.stitch),
+        sampling_settings(p.model),
+        arch_settings(name, p.model, p.custom),
+    )
 
 
 def build(name: str, *, pretrained_layout: bool = False, norm: str = "batch", **inference):
@@ -170,11 +175,12 @@ def build(name: str, *, pretrained_layout: bool = False, norm: str = "batch", **
 
     from livecellseg.models import build_model
 
-    infer, sampling = default_model_settings()
+    infer, sampling, arch = default_model_settings(name)
     return build_model(
         name,
         inference=replace(infer, **inference),
         sampling=sampling,
+        arch=arch,
         pretrained_layout=pretrained_layout,
         norm=norm,
     )[0]
@@ -206,7 +212,12 @@ def save_tiny_checkpoint(
 
     from livecellseg.checkpoint import FORMAT
     from livecellseg.models import build_model
-    from livecellseg.settings import inference_settings, recorded_params, sampling_settings
+    from livecellseg.settings import (
+        arch_settings,
+        inference_settings,
+        recorded_params,
+        sampling_settings,
+    )
 
     params = tiny_params(raw)
     torch.manual_seed(seed)
@@ -214,6 +225,7 @@ def save_tiny_checkpoint(
         name,
         inference=inference_settings(params.model, params.stitch),
         sampling=sampling_settings(params.model),
+        arch=arch_settings(name, params.model, params.custom),
         pretrained_layout=pretrained,
         norm=params.transfer.scratch_norm,
     )

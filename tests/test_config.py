@@ -29,6 +29,12 @@ def test_project_params_load():
         ("sample", "cell_lines", ["A172", "HeLa"], "bad value 'HeLa' for 'sample.cell_lines[1]'"),
         ("subset", "n_images", True, "'subset.n_images' must be an integer"),
         ("sample", "cell_lines", "A172", "'sample.cell_lines' must be a list"),
+        ("model", "anchor_sizes", [8, 16, 32], "'model.anchor_sizes': must be 5 sizes > 0"),
+        ("model", "anchor_sizes", [8, 16, 0, 64, 128], "'model.anchor_sizes': must be 5 sizes"),
+        ("model", "anchor_ratios", [0.25, 0.5, 1, 2, 4], "'model.anchor_ratios': must be 3"),
+        ("model", "image_std", [0.05, 0.05, 0], "'model.image_std': must be 3 numbers"),
+        ("model", "image_mean", [128, 128, 128], "'model.image_mean': must be 3 numbers"),
+        ("custom", "anchor_scales", [1, 2], "'custom.anchor_scales': must be 3 factors"),
     ],
 )
 def test_bad_values_name_the_key(params_dict, section, key, value, message):

@@ -300,3 +300,22 @@ def test_matching_images_in_chunks_changes_nothing(chunk):
         assert once[g][0] == chunked[g][0] and np.array_equal(once[g][1], chunked[g][1]), g
     ev = pycocotools_run(gt, results, [1, 3])
     assert list(chunked["odd"][0].values()) == pytest.approx(by_hand_at_2000(ev))
+
+
+def test_recall_by_area_counts_each_cell_in_its_bin():
+    """Cells of 81, 144, 289, 625 and 1225 px, one per AREA_BINS bin; the 144-px and the
+    625-px cells are found: each bin's recall, the under-200 and LIVECell-small ones."""
+    cells = [square(2, 2, 9), square(2, 20, 12), square(2, 40, 17), square(30, 2, 25)]
+    cells.append(square(60, 60, 35))
+    gt = doc({1: cells, 2: []}, {2: "BV2"})
+    results = [result(1, cells[1], 0.9), result(1, cells[3], 0.9), result(1, cells[0], 0.3)]
+    m = detection_metrics(gt, results, **LIVECELL)
+    assert m["overall"]["gt_by_area"] == {
+        "0-100": 1, "100-200": 1, "200-400": 1, "400-800": 1, "800+": 1, "0-200": 2, "small": 3
+    }  # fmt: skip
+    assert m["overall"]["recall_by_area"] == {
+        "0-100": 0.0, "100-200": 1.0, "200-400": 0.0, "400-800": 1.0, "800+": 0.0,
+        "0-200": 0.5, "small": pytest.approx(1 / 3, abs=1e-4),
+    }  # fmt: skip
+    assert m["A172"]["recall_by_area"] == m["overall"]["recall_by_area"]
+    assert m["BV2"]["gt_by_area"]["0-100"] == 0 and m["BV2"]["recall_by_area"]["0-100"] == 0.0

@@ -12,7 +12,9 @@ from livecellseg.models.cbam import CBAM
 from livecellseg.settings import fit_config
 from tests.conftest import build, default_model_settings, default_params
 
-SETTINGS = dict(zip(("inference", "sampling"), default_model_settings(), strict=True))
+SETTINGS = dict(
+    zip(("inference", "sampling", "arch"), default_model_settings("transfer"), strict=True)
+)
 
 
 @pytest.fixture(scope="module")
@@ -85,7 +87,7 @@ def test_custom_wiring(custom):
 
 
 def test_inference_settings_and_native_scale(custom):
-    s, _ = default_model_settings()
+    s, _, _ = default_model_settings()
     assert custom.roi_heads.score_thresh == s.score_thresh == 0.4
     assert custom.rpn.score_thresh == s.rpn_score_thresh
     assert custom.rpn.post_nms_top_n() == s.rpn_post_nms_top_n == 1000

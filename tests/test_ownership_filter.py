@@ -159,7 +159,10 @@ def test_with_unlimited_reach_a_real_model_predicts_as_without_the_filter(monkey
     input scale is accounted for (a random model: its proposals are anywhere)."""
     torch.manual_seed(0)
     model, _ = build_model(
-        "custom", inference=tiny_inference(), sampling=default_model_settings()[1]
+        "custom",
+        inference=tiny_inference(),
+        sampling=default_model_settings()[1],
+        arch=default_model_settings()[2],
     )
     image = small_image(width=352, height=260)[0]
     p = Predictor(model.eval(), torch.device("cpu"), settings(batch_size=5))

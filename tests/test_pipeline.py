@@ -83,6 +83,13 @@ def test_repro_tile_then_nothing_to_do(project):
     assert sum(r["tiles"] for r in (report["train"], report["val"], report["test"])) == 150
     subset = json.loads((project / "metrics/subset.json").read_text())
     assert subset["images_chosen"] == 6 and subset["annotations_skipped"] == 0
+    fit = json.loads((project / "metrics/anchors.json").read_text())  # of the train tiles
+    assert fit["boxes"] == len(tiles["annotations"]) > 0
+    for name in ("transfer", "custom"):
+        assert set(fit[name]["per_cell_line"]) <= {"A172", "BV2"}
+        assert 0 <= fit[name]["positive"] <= fit[name]["centred"]["positive"] <= 1
+        assert len(fit[name]["suggested_sizes"]) == 5
+    assert "metrics/anchors.json" in _sh(["dvc", "metrics", "show"], project)
 
     again = _sh(["dvc", "repro", "tile"], project)
     assert "Running stage" not in again

@@ -27,6 +27,7 @@ from tests.conftest import (
 
 TINY = tiny_inference()
 SAMPLING: SamplingSettings = default_model_settings()[1]
+ARCH = default_model_settings()[2]
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +38,7 @@ def image():
 @pytest.fixture(scope="module")
 def predictor():
     torch.manual_seed(0)
-    model, _ = build_model("custom", inference=TINY, sampling=SAMPLING)
+    model, _ = build_model("custom", inference=TINY, sampling=SAMPLING, arch=ARCH)
     return Predictor(model.eval(), torch.device("cpu"), tiny_predict_settings(batch_size=7))
 
 
@@ -112,7 +113,7 @@ def test_a_transfer_checkpoint_loads_in_the_layout_it_was_trained_in(
 
 def test_rpn_score_threshold_prunes_proposals_before_the_heads(image):
     torch.manual_seed(0)
-    model, _ = build_model("custom", inference=TINY, sampling=SAMPLING)
+    model, _ = build_model("custom", inference=TINY, sampling=SAMPLING, arch=ARCH)
     seen = []
     model.roi_heads.box_head.register_forward_hook(lambda m, i, o: seen.append(len(o)))
     for thresh in (0.0, 0.6):

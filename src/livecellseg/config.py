@@ -19,6 +19,8 @@ import yaml
 from livecellseg.errors import ConfigError
 
 CELL_LINES = ("A172", "BT474", "BV2", "Huh7", "MCF7", "SHSY5Y", "SkBr3", "SKOV3")
+N_FPN_LEVELS = 5  # P2..P5 and the max-pooled P6 ("pool") of torchvision's FPN
+ANCHORS_PER_SIZE = 3  # ratios per anchor size: the RPN head's layout in the COCO weights
 CellLine = Literal["A172", "BT474", "BV2", "Huh7", "MCF7", "SHSY5Y", "SkBr3", "SKOV3"]
 
 
@@ -125,9 +127,35 @@ class ModelConfig:
     box_batch_size_per_image: int
     min_size: int
     max_size: int
+    # in the pixels the model sees (after the min_size/max_size resize), one per FPN level
+    # P2..P6; the custom model puts custom.anchor_scales of each on its level
+    anchor_sizes: tuple[float, ...]
+    anchor_ratios: tuple[float, ...]  # height/width; 3, as COCO weights' RPN head has
+    image_mean: tuple[float, ...]  # per RGB channel, on [0, 1] intensities (torchvision's form)
+    image_std: tuple[float, ...]
 
     def __post_init__(self) -> None:
         _check(self.lr > 0, "model.lr", "a number > 0")
+        _check(
+            len(self.anchor_sizes) == N_FPN_LEVELS and all(s > 0 for s in self.anchor_sizes),
+            "model.anchor_sizes",
+            f"{N_FPN_LEVELS} sizes > 0 in px, one per FPN level P2..P6",
+        )
+        _check(
+            len(self.anchor_ratios) == ANCHORS_PER_SIZE and all(r > 0 for r in self.anchor_ratios),
+            "model.anchor_ratios",
+            f"{ANCHORS_PER_SIZE} ratios > 0 (the RPN head's size, as COCO weights have it)",
+        )
+        for key in ("image_mean", "image_std"):
+            values = getattr(self, key)
+            _check(
+                len(values) == 3
+                and all(0 <= v <= 1 for v in values)
+                and (key == "image_mean" or all(v > 0 for v in values)),
+                f"model.{key}",
+                "3 numbers (R, G, B) on [0, 1] intensities"
+                + (", > 0" if key == "image_std" else ""),
+            )
         for key in ("score_thresh", "nms_thresh", "mask_thresh"):
             _check(0 <= getattr(self, key) <= 1, f"model.{key}", "a fraction in [0, 1]")
         _check(
@@ -195,9 +223,15 @@ class CustomConfig:
     gamma: float
     epochs: int
     batch_size: int
+    anchor_scales: tuple[float, ...]  # each level's model.anchor_sizes times these
 
     def __post_init__(self) -> None:
         _check(self.lr > 0, "custom.lr", "a number > 0")
+        _check(
+            len(self.anchor_scales) == 3 and all(s > 0 for s in self.anchor_scales),
+            "custom.anchor_scales",
+            "3 factors > 0 (with 3 ratios: the design's 9 anchors per location)",
+        )
         _check(self.epochs >= 1, "custom.epochs", "an integer >= 1")
         _check(self.batch_size >= 1, "custom.batch_size", "an integer >= 1")
         _check(self.step_size >= 0, "custom.step_size", "an integer >= 0 (0 = constant lr)")
@@ -272,7 +306,7 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
             )
         return value
     if origin is tuple:
-        if not isinstance(value, list):
+        if not isinstance(value, (list, tuple)):  # a tuple: a checkpoint's recorded params
             raise ConfigError(f"params.yaml: '{key}' must be a list, got {type(value).__name__}")
         (item_tp, _) = typing.get_args(tp)
         return tuple(_convert(v, item_tp, f"{key}[{i}]") for i, v in enumerate(value))

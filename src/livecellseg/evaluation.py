@@ -18,9 +18,9 @@ from typing import Any
 import numpy as np
 from faster_coco_eval import COCO, COCOeval_faster
 
-from livecellseg.coco import iter_annotations, read_header, to_rle
+from livecellseg.coco import iter_annotations, read_header, rle_areas, to_rle
 from livecellseg.livecell import cell_line
-from livecellseg.metrics import DetectionCounts, match_masks
+from livecellseg.metrics import DetectionCounts, RecallByArea, match_pairs
 
 MAX_DETS = [100, 500, 2000]
 AREA_RANGES = [[0, 1e10], [0, 324], [324, 961], [961, 1e10]]  # all, small, medium, large
@@ -30,7 +30,8 @@ AP_KEYS = ("ap", "ap50", "ap75", "ap_small", "ap_medium", "ap_large")
 def detection_metrics(
     gt_doc: dict, results: list[dict], *, score_thresh: float, iou_thresh: float
 ) -> dict[str, dict]:
-    """Seed metrics overall and per cell line: {"overall": {...}, "<line>": {...}}."""
+    """Seed metrics overall and per cell line: {"overall": {...}, "<line>": {...}}, with
+    recall by ground-truth mask area (metrics.RecallByArea) in each."""
     gt: dict[int, list[dict]] = defaultdict(list)
     images = {im["id"]: im for im in gt_doc["images"]}
     for ann in gt_doc["annotations"]:
@@ -41,11 +42,15 @@ def detection_metrics(
         if r["score"] > score_thresh:
             pred[r["image_id"]].append(to_rle(r["segmentation"], *r["segmentation"]["size"]))
     groups: dict[str, DetectionCounts] = defaultdict(DetectionCounts)
+    by_area: dict[str, RecallByArea] = defaultdict(RecallByArea)
     for image_id, im in sorted(images.items()):
-        matched = match_masks(gt[image_id], pred[image_id], iou_thresh)  # once per image
+        # once per image
+        matched_gt, ious = match_pairs(gt[image_id], pred[image_id], iou_thresh)
+        areas = rle_areas(gt[image_id])
         for group in ("overall", cell_line(im)):
-            groups[group].add_matched(len(gt[image_id]), len(pred[image_id]), matched)
-    return {g: c.summary() for g, c in groups.items()}
+            groups[group].add_matched(len(gt[image_id]), len(pred[image_id]), ious)
+            by_area[group].add(areas, matched_gt)
+    return {g: c.summary() | by_area[g].summary() for g, c in groups.items()}
 
 
 def load_as_rle(path: str | Path) -> dict[str, Any]:

@@ -55,13 +55,15 @@ def load_model(
             f"put the train_{expect} stage's checkpoint there (dvc repro train_{expect})"
         )
     try:
-        settings, sampling = settings_of_checkpoint(ckpt.get("params"))
+        settings, sampling, arch = settings_of_checkpoint(ckpt.get("params"), name)
     except ConfigError:
         raise LivecellsegError(
             f"{path}: checkpoint does not record the settings it was trained with; retrain "
             "it with this livecellseg (dvc repro)"
         ) from None
-    model, _ = build_model(name, inference=settings.inference, sampling=sampling, **layout(ckpt))
+    model, _ = build_model(
+        name, inference=settings.inference, sampling=sampling, arch=arch, **layout(ckpt)
+    )
     try:
         model.load_state_dict(ckpt["model"])
     except RuntimeError:

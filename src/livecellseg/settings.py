@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass, replace
 from typing import Any, Literal
 
 from livecellseg.config import (
+    CustomConfig,
     ModelConfig,
     Params,
     StitchConfig,
@@ -59,6 +60,17 @@ class SamplingSettings:
     rpn_pre_nms_top_n: int
     rpn_post_nms_top_n: int
     box_batch_size_per_image: int
+
+
+@dataclass(frozen=True)
+class ArchSettings:
+    """What shapes the network besides its layers: the RPN's anchors per FPN level, in the
+    pixels the model sees, and the input normalisation."""
+
+    anchor_sizes: tuple[tuple[float, ...], ...]  # per level P2..P6, each size x every ratio
+    anchor_ratios: tuple[float, ...]
+    image_mean: tuple[float, ...]
+    image_std: tuple[float, ...]
 
 
 @dataclass(frozen=True)
@@ -140,6 +152,18 @@ def sampling_settings(model: ModelConfig) -> SamplingSettings:
         rpn_post_nms_top_n=model.rpn_post_nms_top_n_train,
         box_batch_size_per_image=model.box_batch_size_per_image,
     )
+
+
+def arch_settings(name: str, model: ModelConfig, custom: CustomConfig | None) -> ArchSettings:
+    """The transfer model has one anchor size per level (3 anchors a location, as its COCO
+    weights); the custom model each level's size times `custom.anchor_scales` (9)."""
+    if name == "custom":
+        if custom is None:
+            raise ConfigError("the custom model's anchors need the 'custom' section")
+        sizes = tuple(tuple(s * k for k in custom.anchor_scales) for s in model.anchor_sizes)
+    else:
+        sizes = tuple((s,) for s in model.anchor_sizes)
+    return ArchSettings(sizes, model.anchor_ratios, model.image_mean, model.image_std)
 
 
 def stitch_settings(
@@ -244,8 +268,11 @@ def recorded_params(name: str, params: Params) -> dict[str, Any]:
     }
 
 
-def settings_of_checkpoint(recorded: Any) -> tuple[PredictSettings, SamplingSettings]:
-    """The settings a checkpoint's recorded params give (ConfigError if it records none)."""
+def settings_of_checkpoint(
+    recorded: Any, name: str
+) -> tuple[PredictSettings, SamplingSettings, ArchSettings]:
+    """The settings a checkpoint of model `name` records (ConfigError if it records none,
+    or not all of them)."""
     if not isinstance(recorded, dict):
         raise ConfigError("no recorded params")
     model, tile, stitch, train = (
@@ -260,7 +287,10 @@ def settings_of_checkpoint(recorded: Any) -> tuple[PredictSettings, SamplingSett
     predict = PredictSettings(
         inference_settings(model, stitch), stitch_settings(model, tile, stitch, train)
     )
-    return predict, sampling_settings(model)
+    custom = (
+        parse_section(CustomConfig, recorded.get("custom"), "custom") if name == "custom" else None
+    )
+    return predict, sampling_settings(model), arch_settings(name, model, custom)
 
 
 def differences(a: PredictSettings, b: PredictSettings) -> list[str]:

@@ -14,9 +14,11 @@ import numpy as np
 from pycocotools import mask as mask_utils
 from tqdm import tqdm
 
+from livecellseg.anchors import model_input_scale
 from livecellseg.coco import encode_mask, to_rle
 from livecellseg.errors import DataError
 from livecellseg.images import read_gray, write_gray
+from livecellseg.livecell import cell_line
 from livecellseg.tiling import TileCounts, clip_instances, tile_windows
 
 
@@ -152,3 +154,29 @@ def tile_split(
 def _tile_job(item, **kwargs):
     img, anns = item
     return tile_image(img, anns, **kwargs)
+
+
+def model_boxes(doc: dict, min_size: int, max_size: int):
+    """A tile set's annotation boxes (COCO `bbox`) as x1, y1, x2, y2 in the pixels the model
+    sees (after its resize), (N, 4); each one's image size there, (N, 2) width, height; and
+    its group, (N,): its tile's cell line, "unknown" for a name that is not LIVECell's."""
+    images = {}
+    for im in doc["images"]:
+        try:
+            line = cell_line(im)
+        except DataError:  # not a LIVECell name: the box still counts overall
+            line = "unknown"
+        scale = model_input_scale(im["height"], im["width"], min_size, max_size)
+        images[im["id"]] = (scale, (im["width"] * scale, im["height"] * scale), line)
+    boxes, sizes, groups = [], [], []
+    for ann in doc["annotations"]:
+        scale, size, line = images[ann["image_id"]]
+        x, y, w, h = ann["bbox"]
+        boxes.append((x * scale, y * scale, (x + w) * scale, (y + h) * scale))
+        sizes.append(size)
+        groups.append(line)
+    return (
+        np.asarray(boxes, dtype=np.float64).reshape(-1, 4),
+        np.asarray(sizes, dtype=np.float64).reshape(-1, 2),
+        np.asarray(groups, dtype=object),
+    )

@@ -10,7 +10,13 @@ from livecellseg.datasets import TileDataset
 from livecellseg.engine import fit
 from livecellseg.models import build_model
 from livecellseg.runtime import seed_everything
-from livecellseg.settings import fit_config, inference_settings, recorded_params, sampling_settings
+from livecellseg.settings import (
+    arch_settings,
+    fit_config,
+    inference_settings,
+    recorded_params,
+    sampling_settings,
+)
 
 
 def _fingerprint(*paths: Path) -> str:
@@ -36,6 +42,7 @@ def train_model(
         name,
         inference=inference_settings(params.model, params.stitch),
         sampling=sampling_settings(params.model),
+        arch=arch_settings(name, params.model, params.custom),
         weights=params.transfer.weights if name == "transfer" else "none",
         norm=params.transfer.scratch_norm,
     )

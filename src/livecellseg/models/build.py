@@ -19,18 +19,25 @@ from torchvision.ops import FrozenBatchNorm2d, MultiScaleRoIAlign
 
 from livecellseg.errors import LivecellsegError
 from livecellseg.models.cbam import CBAM
-from livecellseg.settings import InferenceSettings, SamplingSettings
+from livecellseg.settings import ArchSettings, InferenceSettings, SamplingSettings
 
 log = logging.getLogger(__name__)
 
 MODEL_NAMES = ("transfer", "custom")
 
 
-def _sampling_kwargs(sampling: SamplingSettings) -> dict:
+def _maskrcnn_kwargs(sampling: SamplingSettings, arch: ArchSettings) -> dict:
+    """MaskRCNN's arguments from RoI sampling and architecture settings."""
+    n_levels = len(arch.anchor_sizes)
     return {
         "rpn_pre_nms_top_n_train": sampling.rpn_pre_nms_top_n,
         "rpn_post_nms_top_n_train": sampling.rpn_post_nms_top_n,
         "box_batch_size_per_image": sampling.box_batch_size_per_image,
+        "rpn_anchor_generator": AnchorGenerator(
+            sizes=arch.anchor_sizes, aspect_ratios=(arch.anchor_ratios,) * n_levels
+        ),
+        "image_mean": list(arch.image_mean),
+        "image_std": list(arch.image_std),
     }
 
 
@@ -81,6 +88,7 @@ def build_model(
     *,
     inference: InferenceSettings,
     sampling: SamplingSettings,
+    arch: ArchSettings,
     weights: str = "none",
     pretrained_layout: bool = False,
     norm: str = "batch",
@@ -96,9 +104,10 @@ def build_model(
     with weights, frozen BatchNorm and the 3 last ResNet stages trainable; without, trainable
     normalisation (`norm`: "batch" as torchvision, or "group", 32 groups) and every stage
     trainable. `pretrained_layout` builds the first without loading weights (to load a
-    checkpoint trained from COCO weights).
+    checkpoint trained from COCO weights). `arch` gives both models their anchors (in the
+    pixels the model sees) and input normalisation.
     """
-    kwargs = _sampling_kwargs(sampling)
+    kwargs = _maskrcnn_kwargs(sampling, arch)
     if name == "transfer":
         model, pretrained = _transfer(weights, pretrained_layout, norm, num_classes, kwargs)
     elif name == "custom":
@@ -187,14 +196,9 @@ def _custom(num_classes: int, kwargs: dict) -> MaskRCNN:
         in_channels_list=[64, 128, 256, 512],
         out_channels=256,
     )  # the FPN adds a max-pooled level "pool" for the RPN
-    n_levels = 5
-    anchors = AnchorGenerator(
-        sizes=((32, 64, 128),) * n_levels, aspect_ratios=((0.5, 1.0, 2.0),) * n_levels
-    )
     return MaskRCNN(
         backbone,
         num_classes=num_classes,
-        rpn_anchor_generator=anchors,
         rpn_batch_size_per_image=256,  # 128 positive + 128 negative
         rpn_positive_fraction=0.5,
         box_roi_pool=MultiScaleRoIAlign(["0", "1", "2", "3"], output_size=7, sampling_ratio=2),
