@@ -93,7 +93,7 @@ def main() -> None:
     areas, proposed, found = np.asarray(areas), np.asarray(proposed), np.asarray(found)
     boxed = np.asarray(boxed, dtype=bool)
     by_area = {}
-    for name, lo, hi in zip(area_bin_names(), AREA_BINS, AREA_BINS[1:], strict=True):
+    for name, lo, hi in zip(area_bin_names(), AREA_BINS[:-1], AREA_BINS[1:], strict=True):
         inside = (areas >= lo) & (areas < hi)
         by_area[name] = {"cells": int(inside.sum())} | {
             key: round(float(flags[inside].mean()), 4) if inside.any() else 0.0

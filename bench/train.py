@@ -53,7 +53,10 @@ def measure(name: str, config: str, args: argparse.Namespace) -> dict:
     if config == "naive":  # torchvision's maskrcnn_resnet50_fpn defaults (the design's anchors)
         inference = replace(inference, min_size=800, max_size=1333)
         sampling = SamplingSettings(
-            rpn_pre_nms_top_n=2000, rpn_post_nms_top_n=2000, box_batch_size_per_image=512
+            rpn_pre_nms_top_n=2000,
+            rpn_post_nms_top_n=2000,
+            box_batch_size_per_image=512,
+            mask_rois_per_image=0,
         )
         sizes = ((32, 64, 128),) * 5 if name == "custom" else ((32,), (64,), (128,), (256,), (512,))
         arch = ArchSettings(sizes, (0.5, 1.0, 2.0), (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
@@ -104,6 +107,7 @@ def measure(name: str, config: str, args: argparse.Namespace) -> dict:
         "min_size": inference.min_size,
         "max_size": inference.max_size,
         "rois_per_image": sampling.box_batch_size_per_image,
+        "mask_rois_per_image": sampling.mask_rois_per_image,
         "batch_size": cfg.batch_size,
         "images_per_s": round(cfg.batch_size / step_s, 3),
         "step_s": round(step_s, 3),

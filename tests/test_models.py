@@ -124,6 +124,38 @@ def test_every_image_of_a_batch_trains(name):
     assert with_cell["loss_box_reg"] > 0  # box regression is trained
 
 
+@pytest.mark.parametrize("cap", [0, 2])
+def test_mask_head_learns_from_at_most_mask_rois_per_image(cap):
+    """The box branch samples its RoIs as torchvision does; the mask branch takes <= `cap`
+    of each tile's positives (0: all of them). Same state dict either way."""
+    from dataclasses import replace
+
+    infer, sampling, arch = default_model_settings("custom")
+    torch.manual_seed(0)
+    model, _ = build_model(
+        "custom",
+        inference=replace(infer, min_size=64, max_size=96),
+        sampling=replace(sampling, mask_rois_per_image=cap),
+        arch=arch,
+    )
+    masks = torch.zeros(6, 64, 96, dtype=torch.uint8)
+    for i in range(6):
+        masks[i, 5 + 9 * i : 13 + 9 * i, 10 + 12 * i : 20 + 12 * i] = 1
+    boxes = torch.tensor([[10.0 + 12 * i, 5.0 + 9 * i, 20 + 12 * i, 13 + 9 * i] for i in range(6)])
+    target = {"boxes": boxes, "labels": torch.ones(6, dtype=torch.int64), "masks": masks}
+    seen = []
+    hook = model.roi_heads.mask_roi_pool.register_forward_hook(
+        lambda _m, args, _out: seen.extend(len(b) for b in args[1])
+    )
+    losses = model.train()([torch.rand(3, 64, 96)] * 2, [target, target])
+    hook.remove()
+    assert set(losses) >= {"loss_classifier", "loss_box_reg", "loss_mask"}
+    assert losses["loss_mask"] > 0 and len(seen) == 2
+    # the ground-truth boxes are proposals too: >= 6 positives a tile
+    assert all(n == 2 for n in seen) if cap else all(n >= 6 for n in seen)
+    assert model.state_dict().keys() == build("custom").state_dict().keys()
+
+
 def test_cbam_shapes():
     x = torch.rand(2, 64, 9, 11)
     assert CBAM(64)(x).shape == x.shape

@@ -102,6 +102,7 @@ SETTING_NAMES = {  # params.yaml keys that say how a model predicts, tiles or st
     "rpn_post_nms_top_n",
     "rpn_score_thresh",
     "box_batch_size_per_image",
+    "mask_rois_per_image",
     "min_size",
     "max_size",
 }

@@ -125,6 +125,7 @@ class ModelConfig:
     rpn_pre_nms_top_n_train: int
     rpn_post_nms_top_n_train: int
     box_batch_size_per_image: int
+    mask_rois_per_image: int  # 0 = all positive RoIs (torchvision)
     min_size: int
     max_size: int
     # in the pixels the model sees (after the min_size/max_size resize), one per FPN level
@@ -158,6 +159,11 @@ class ModelConfig:
             )
         for key in ("score_thresh", "nms_thresh", "mask_thresh"):
             _check(0 <= getattr(self, key) <= 1, f"model.{key}", "a fraction in [0, 1]")
+        _check(
+            self.mask_rois_per_image >= 0,
+            "model.mask_rois_per_image",
+            "an integer >= 0 (0: every positive RoI)",
+        )
         _check(
             0 < self.min_size <= self.max_size,
             "model.min_size/max_size",

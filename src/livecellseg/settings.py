@@ -60,6 +60,7 @@ class SamplingSettings:
     rpn_pre_nms_top_n: int
     rpn_post_nms_top_n: int
     box_batch_size_per_image: int
+    mask_rois_per_image: int  # of those RoIs' positives, the mask head learns from <= this
 
 
 @dataclass(frozen=True)
@@ -151,6 +152,7 @@ def sampling_settings(model: ModelConfig) -> SamplingSettings:
         rpn_pre_nms_top_n=model.rpn_pre_nms_top_n_train,
         rpn_post_nms_top_n=model.rpn_post_nms_top_n_train,
         box_batch_size_per_image=model.box_batch_size_per_image,
+        mask_rois_per_image=model.mask_rois_per_image,
     )
 
 

@@ -15,6 +15,7 @@ from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.backbone_utils import BackboneWithFPN, _resnet_fpn_extractor
 from torchvision.models.detection.faster_rcnn import FastRCNNPredictor
 from torchvision.models.detection.mask_rcnn import MaskRCNN_ResNet50_FPN_Weights, MaskRCNNPredictor
+from torchvision.models.detection.roi_heads import RoIHeads, fastrcnn_loss, maskrcnn_loss
 from torchvision.ops import FrozenBatchNorm2d, MultiScaleRoIAlign
 
 from livecellseg.errors import LivecellsegError
@@ -39,6 +40,58 @@ def _maskrcnn_kwargs(sampling: SamplingSettings, arch: ArchSettings) -> dict:
         "image_mean": list(arch.image_mean),
         "image_std": list(arch.image_std),
     }
+
+
+class MaskSampledRoIHeads(RoIHeads):
+    """torchvision's RoIHeads, except that in training the mask branch learns from at most
+    `mask_rois_per_image` of the positive RoIs the box branch samples (a random subset).
+
+    The mask head (4 convolutions at 14x14 on every positive RoI) is most of a training
+    step's cost, and a dense tile has hundreds of cells: this lets the box classifier see many
+    RoIs per tile (`box_batch_size_per_image`) at a fixed mask cost. Inference is unchanged.
+    """
+
+    mask_rois_per_image: int  # 0: every positive RoI (torchvision); set by _sample_masks
+
+    def forward(self, features, proposals, image_shapes, targets=None):
+        if not self.training or not self.mask_rois_per_image:
+            return super().forward(features, proposals, image_shapes, targets)
+        proposals, matched_idxs, labels, regression_targets = self.select_training_samples(
+            proposals, targets
+        )
+        box_features = self.box_head(self.box_roi_pool(features, proposals, image_shapes))
+        class_logits, box_regression = self.box_predictor(box_features)
+        loss_classifier, loss_box_reg = fastrcnn_loss(
+            class_logits, box_regression, labels, regression_targets
+        )
+        mask_boxes, mask_matched = [], []
+        for boxes, matched, label in zip(proposals, matched_idxs, labels, strict=True):
+            pos = torch.where(label > 0)[0]
+            if len(pos) > self.mask_rois_per_image:
+                pos = pos[torch.randperm(len(pos), device=pos.device)[: self.mask_rois_per_image]]
+            mask_boxes.append(boxes[pos])
+            mask_matched.append(matched[pos])
+        mask_features = self.mask_head(self.mask_roi_pool(features, mask_boxes, image_shapes))
+        loss_mask = maskrcnn_loss(
+            self.mask_predictor(mask_features),
+            mask_boxes,
+            [t["masks"] for t in targets],
+            [t["labels"] for t in targets],
+            mask_matched,
+        )
+        losses = {
+            "loss_classifier": loss_classifier,
+            "loss_box_reg": loss_box_reg,
+            "loss_mask": loss_mask,
+        }
+        return [], losses
+
+
+def _sample_masks(model: MaskRCNN, mask_rois_per_image: int) -> MaskRCNN:
+    """Give `model` MaskSampledRoIHeads (same modules and state dict, another forward)."""
+    model.roi_heads.__class__ = MaskSampledRoIHeads
+    model.roi_heads.mask_rois_per_image = mask_rois_per_image
+    return model
 
 
 def apply_inference(model: MaskRCNN, s: InferenceSettings) -> None:
@@ -118,6 +171,7 @@ def build_model(
         model, pretrained = _custom(num_classes, kwargs), False
     else:
         raise LivecellsegError(f"unknown model {name!r}; allowed: {list(MODEL_NAMES)}")
+    _sample_masks(model, sampling.mask_rois_per_image)
     apply_inference(model, inference)
     return model, pretrained
 
