@@ -132,8 +132,8 @@ def main() -> None:
     }
 
     t0 = time.perf_counter()
-    cfg = load_params().evaluate
-    thresholds = {"score_thresh": cfg.score_thresh, "iou_thresh": cfg.iou_thresh}
+    cfg = load_params()
+    thresholds = {"score_thresh": cfg.predict.score_thresh, "iou_thresh": cfg.evaluate.iou_thresh}
     metrics = detection_metrics(gt_doc, results, **thresholds)
     out["matching_s"] = round(time.perf_counter() - t0, 2)
 

@@ -119,7 +119,9 @@ def main() -> None:
         for name in args.models:
             out = Path(tmp) / name
             if args.trained:  # a model trained before (--keep): post-processing runs only
-                predict, ckpt = Predictor.from_checkpoint(args.trained / f"{name}.pt", device)
+                predict, ckpt = Predictor.from_checkpoint(
+                    args.trained / f"{name}.pt", device, predict=params.predict
+                )
                 report[name] = {"trained": str(args.trained / f"{name}.pt"), "val": ckpt["val"]}
             else:
                 t = time.perf_counter()
@@ -136,7 +138,9 @@ def main() -> None:
                 if args.keep:
                     args.keep.mkdir(parents=True, exist_ok=True)
                     shutil.copy(out / "best.pt", args.keep / f"{name}.pt")
-                predict, _ = Predictor.from_checkpoint(out / "best.pt", device)
+                predict, _ = Predictor.from_checkpoint(
+                    out / "best.pt", device, predict=params.predict
+                )
                 report[name] = {
                     "pretrained": summary["pretrained"],
                     "train_s": round(train_s),
@@ -159,7 +163,7 @@ def main() -> None:
                 metrics, _ = evaluate(
                     gt,
                     results,
-                    score_thresh=params.evaluate.score_thresh,
+                    score_thresh=params.predict.score_thresh,
                     iou_thresh=params.evaluate.iou_thresh,
                 )
                 overall = metrics["overall"]
@@ -181,7 +185,7 @@ def main() -> None:
                     },
                     "predict_s": round(predict_s),
                 }
-                thresh = params.evaluate.score_thresh
+                thresh = params.predict.score_thresh
                 found = segmentations_by_image(results, thresh)
                 growth = compare(gt["images"], {"truth": truth, name: found}).metrics
                 error = growth[name]["median_abs_error_pct"]

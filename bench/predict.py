@@ -3,7 +3,7 @@ prediction and against SAHI (the sliced-inference library people use), side by s
 
 On the test split's images (default: all), each configuration in a fresh process, same
 model, same images; each writes COCO results, which are scored here as the `evaluate` stage
-scores them (F1 at IoU 0.5 above evaluate.score_thresh, COCO mask AP):
+scores them (F1 at IoU 0.5 above predict.score_thresh, COCO mask AP):
 - before: ours stitched with every proposal through the heads (`Predictor.owned_only` off,
   as before the ownership filter);
 - stitched: ours stitched, the default (proposals and detections that cannot reach their
@@ -106,9 +106,11 @@ def score(name: str, args, gt: dict, seconds: float, n: int) -> dict:
     from livecellseg.config import load_params
     from livecellseg.evaluation import evaluate
 
-    cfg = load_params(Path("params.yaml")).evaluate
+    cfg = load_params(Path("params.yaml"))
     results = json.loads((args.work / f"{name}.json").read_text())
-    metrics, _ = evaluate(gt, results, score_thresh=cfg.score_thresh, iou_thresh=cfg.iou_thresh)
+    metrics, _ = evaluate(
+        gt, results, score_thresh=cfg.predict.score_thresh, iou_thresh=cfg.evaluate.iou_thresh
+    )
     m = metrics["overall"]
     return {
         "config": name,
@@ -194,7 +196,7 @@ def main() -> None:
                     | {"peak_memory_mb": run["peak_memory_mb"]}
                 )
         by = {r["config"]: r for r in scored}
-        thresh = load_params(Path("params.yaml")).evaluate.score_thresh
+        thresh = load_params(Path("params.yaml")).predict.score_thresh
         result = {
             "benchmark": "predict_stitched_vs_sahi",
             "model": str(args.model),

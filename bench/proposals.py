@@ -6,8 +6,8 @@ with the tile's cells. By ground-truth mask area, it prints as JSON the share of
 
 - `proposed`: some kept proposal has box IoU >= 0.5 with the cell (the box head's
   foreground threshold: the heads can only refine such a proposal into the cell);
-- `found`: a detection above `evaluate.score_thresh` matches the cell at mask IoU >= 0.5
-  (one-to-one, as evaluate counts);
+- `found`: a detection above the operating threshold (`predict.score_thresh`) matches the
+  cell at mask IoU >= 0.5 (one-to-one, as evaluate counts);
 - `boxed`: a detection above the threshold has box IoU >= 0.5 with the cell;
 - `never_proposed` = 1 - proposed; `dropped_by_heads`: proposed, yet not found, split into
   `not_boxed` (the box head scored it out or moved it off) and `mask_missed` (a detection
@@ -50,8 +50,7 @@ def main() -> None:
 
     device = pick_device("auto")
     model, ckpt, settings = load_model(args.model, device)
-    recorded = ckpt["params"]
-    score_thresh = 0.5 if "evaluate" not in recorded else recorded["evaluate"]["score_thresh"]
+    score_thresh = settings.score_thresh  # the checkpoint's recorded operating threshold
     mask_thresh = settings.stitch.mask_thresh
     proposals: list[torch.Tensor] = []
     model.rpn.register_forward_hook(lambda _m, _i, out: proposals.extend(out[0]))

@@ -15,7 +15,7 @@ time, CPU time and peak RSS (the largest single process of the stage's tree, see
   wall = a + b*N extrapolated to all images, likewise disk used, and RSS against the largest
   split's images (--tile-all: all images, once); evaluate on the whole test split against
   generated predictions (cached): every test cell less 8 %, jittered <= 1.5 px, scored
-  U(0.3, 1), plus 4 % false positives; at evaluate.score_thresh 0.5 that is precision ~0.96,
+  U(0.3, 1), plus 4 % false positives; at predict.score_thresh 0.5 that is precision ~0.96,
   recall ~0.92 x 5/7 = 0.66, F1 ~0.78, AP50 ~0.88.
 Data: --cache (default ~/.cache/livecellseg/scale/v1-scale<scale>-seed<seed>/), reused when
 complete; stage outputs and logs in --work (default a temp dir beside it, removed unless --keep).

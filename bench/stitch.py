@@ -73,8 +73,8 @@ def main() -> None:
     settings = {
         "grid": p.tile.grid,
         "window": p.tile.window,
-        "min_owned": p.stitch.min_owned,
-        "nms_iou": p.stitch.nms_iou,
+        "min_owned": p.predict.min_owned,
+        "nms_iou": p.predict.nms_iou,
     }
     height, width = 520, 704
     rows = []

@@ -42,12 +42,12 @@ def measure(name: str, config: str, args: argparse.Namespace) -> dict:
         SamplingSettings,
         arch_settings,
         fit_config,
-        inference_settings,
         sampling_settings,
+        validation_settings,
     )
 
     params = load_params()
-    inference = inference_settings(params.model, params.stitch)
+    inference = validation_settings(params.model, params.train)
     sampling = sampling_settings(params.model)
     arch = arch_settings(name, params.model, params.custom)
     if config == "naive":  # torchvision's maskrcnn_resnet50_fpn defaults (the design's anchors)
@@ -132,7 +132,7 @@ def measure(name: str, config: str, args: argparse.Namespace) -> dict:
             model,
             val,
             device,
-            mask_thresh=cfg.mask_thresh,
+            mask_thresh=cfg.val_mask_thresh,
             score_thresh=cfg.val_score_thresh,
             iou_thresh=cfg.val_iou_thresh,
             max_detections=cfg.val_detections_per_tile,

@@ -1,4 +1,8 @@
-"""evaluate: seed metrics and COCO mask AP of a model's stitched predictions, plots."""
+"""evaluate: seed metrics and COCO mask AP of a model's stitched predictions, plots.
+
+P/R/F1/mIoU count the predictions above `predict.score_thresh` (the operating threshold);
+COCO AP uses every prediction; `thresholds.csv` draws P, R and F1 against the threshold and
+the metrics name the F1-best one, so the operating threshold can be chosen from data."""
 
 from __future__ import annotations
 
@@ -7,7 +11,13 @@ import logging
 from pathlib import Path
 
 from livecellseg.coco import to_rle
-from livecellseg.evaluation import evaluate, load_as_rle
+from livecellseg.evaluation import (
+    best_threshold,
+    evaluate,
+    load_as_rle,
+    threshold_curve,
+    threshold_grid,
+)
 from livecellseg.images import read_gray
 from livecellseg.io import atomic_dir, write_csv, write_json
 from livecellseg.livecell import cell_line
@@ -19,15 +29,19 @@ COLUMNS = ("f1", "precision", "recall", "miou", "ap", "ap50", "ap75", "gt", "pre
 
 
 def main(params, args) -> None:
-    cfg = params.evaluate
+    cfg, thresh = params.evaluate, params.predict.score_thresh
     gt = load_as_rle(args.split)  # polygons as RLEs: a fourth of the memory at LIVECell scale
     results = json.loads(args.predictions.read_text())
-    metrics, curves = evaluate(
-        gt, results, score_thresh=cfg.score_thresh, iou_thresh=cfg.iou_thresh
-    )
+    metrics, curves = evaluate(gt, results, score_thresh=thresh, iou_thresh=cfg.iou_thresh)
+    grid = threshold_grid(params.predict.min_score, thresh)  # below min_score nothing was kept
+    by_thresh = threshold_curve(gt, results, grid, iou_thresh=cfg.iou_thresh)
+    best = best_threshold(by_thresh)
     overall = metrics.pop("overall")
     lines = dict(sorted(metrics.items()))
-    write_json(args.metrics, overall | {"per_cell_line": lines})
+    write_json(
+        args.metrics,
+        {"score_thresh": thresh} | overall | {"best_threshold": best, "per_cell_line": lines},
+    )
     with atomic_dir(args.plots) as out:
         write_csv(
             out / "cell_lines.csv",
@@ -41,7 +55,8 @@ def main(params, args) -> None:
                 if p >= 0
             ],
         )
-        _overlays(gt, results, args.images, out / "overlays", cfg)
+        write_csv(out / "thresholds.csv", by_thresh)
+        _overlays(gt, results, args.images, out / "overlays", cfg.overlays, thresh)
     log.info(
         "%s: F1 %.4f (P %.4f, R %.4f), mIoU %.4f, mask AP %.4f (AP50 %.4f); %d cells, %d "
         "predictions above %.2f -> %s",
@@ -54,20 +69,29 @@ def main(params, args) -> None:
         overall["ap50"],
         overall["gt"],
         overall["pred"],
-        cfg.score_thresh,
+        thresh,
         args.metrics,
     )
     log.info("recall by cell area (px): %s", overall["recall_by_area"])
+    log.info(
+        "F1-best score threshold %.2f: F1 %.4f (P %.4f, R %.4f); operating threshold %.2f "
+        "(predict.score_thresh)",
+        best["score_thresh"],
+        best["f1"],
+        best["precision"],
+        best["recall"],
+        thresh,
+    )
 
 
-def _overlays(gt, results, images_dir: Path, out: Path, cfg) -> None:
-    """Outlines of GT (green) and predictions (magenta): the last test image (by name: a
-    well's latest, densest frame) of each cell line in turn, `overlays` in all."""
+def _overlays(gt, results, images_dir: Path, out: Path, n: int, score_thresh: float) -> None:
+    """Outlines of GT (green) and predictions above `score_thresh` (magenta): the last test
+    image (by name: a well's latest, densest frame) of each cell line in turn, `n` in all."""
     out.mkdir()
     last: dict[str, dict] = {}
     for im in sorted(gt["images"], key=lambda im: im["file_name"]):
         last[cell_line(im)] = im
-    for im in list(last.values())[: cfg.overlays]:
+    for im in list(last.values())[:n]:
         h, w = im["height"], im["width"]
         image = read_gray(images_dir / im["file_name"], size=(w, h))
         truth = [
@@ -76,7 +100,7 @@ def _overlays(gt, results, images_dir: Path, out: Path, cfg) -> None:
         pred = [
             r["segmentation"]
             for r in results
-            if r["image_id"] == im["id"] and r["score"] > cfg.score_thresh
+            if r["image_id"] == im["id"] and r["score"] > score_thresh
         ]
         name = f"{cell_line(im)}_{im['id']}.png"
         save_png(out / name, overlay(image, pred, truth))

@@ -24,7 +24,7 @@ log = logging.getLogger("stages.growth")
 
 def main(params, args) -> None:
     gt = load_as_rle(args.split)
-    thresh = params.evaluate.score_thresh
+    thresh = params.predict.score_thresh  # the operating threshold, as evaluate counts
     sources = {"truth": segmentations_by_image(gt["annotations"])}
     for path in args.predictions:
         sources[path.stem] = segmentations_by_image(json.loads(path.read_text()), thresh)

@@ -1,4 +1,5 @@
-"""stitch_predict: segment the test images with a trained model (25 tiles + stitching, or whole)."""
+"""stitch_predict: segment the test images with a trained model (tiles + stitching, or whole),
+keeping every detection above predict.min_score; evaluate and growth apply predict.score_thresh."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from livecellseg.livecell import cell_line
 from livecellseg.models import MODEL_NAMES
 from livecellseg.predict import Predictor, to_coco_results
 from livecellseg.runtime import pick_device
-from livecellseg.settings import differences, predict_settings
+from livecellseg.settings import trained_differences
 from livecellseg.stitch import StitchCounts
 from stages.common import run_stage
 
@@ -26,21 +27,24 @@ log = logging.getLogger("stages.stitch_predict")
 
 def main(params, args) -> None:
     device = pick_device(params.train.device)
-    predict, ckpt = Predictor.from_checkpoint(args.checkpoint, device, expect=args.model)
-    # the checkpoint's settings are what the CLI and the app predict with: they must be these
-    if changed := differences(predict.settings, predict_settings(params)):
+    predict, ckpt = Predictor.from_checkpoint(
+        args.checkpoint, device, predict=params.predict, expect=args.model
+    )
+    # post-processing is params.yaml's; what shaped the weights must be what params.yaml says
+    if changed := trained_differences(ckpt["params"], args.model, params):
         raise LivecellsegError(
             f"{args.checkpoint}: trained with other settings than {args.params} "
             f"({', '.join(changed)}); retrain it: dvc repro train_{args.model}"
         )
     images = json.loads(args.split.read_text())["images"]
     log.info(
-        "%s (epoch %s, val F1 %.3f) on %d images, %s mode, %s",
+        "%s (epoch %s, val F1 %.3f) on %d images, %s mode, detections above %.2f, %s",
         args.checkpoint,
         ckpt["epoch"],
         ckpt["val"]["f1"],
         len(images),
-        params.stitch.mode,
+        params.predict.mode,
+        params.predict.min_score,
         device,
     )
     results, rows, total = [], [], StitchCounts()

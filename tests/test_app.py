@@ -32,7 +32,7 @@ from livecellseg.app import (
 from livecellseg.errors import LivecellsegError
 from livecellseg.images import write_gray
 from livecellseg.predict import Predictor
-from tests.conftest import save_tiny_checkpoint, small_image
+from tests.helpers import save_tiny_checkpoint, small_image
 from tests.test_plots_offline import CHROMIUM
 
 
@@ -41,7 +41,7 @@ def setup(tmp_path_factory, raw_params):
     root = tmp_path_factory.mktemp("app")
     ckpt = save_tiny_checkpoint(root / "models" / "custom.pt", raw_params)
     last = copy.deepcopy(raw_params)
-    last["model"]["score_thresh"] = 0.3  # the slider moves to it when this checkpoint is chosen
+    last["predict"]["score_thresh"] = 0.3  # the slider moves to it when this checkpoint is chosen
     save_tiny_checkpoint(root / "models" / "custom_last.pt", last, seed=1)
     image, _ = small_image()
     (root / "examples" / "sub").mkdir(parents=True)
@@ -77,7 +77,9 @@ def test_prediction_is_cached_and_a_threshold_view_equals_predicting_at_it(setup
     assert len(scores) > 2 and (scores > MIN_SCORE).all()
     threshold = float(np.median(scores))
     view = seg.view(first, threshold)
-    direct, _ = Predictor.from_checkpoint(ckpt, torch.device("cpu"), score_thresh=threshold)
+    direct, _ = Predictor.from_checkpoint(
+        ckpt, torch.device("cpu"), overrides={"score_thresh": threshold, "min_score": threshold}
+    )
     det, _ = direct(image, "whole")
     assert view.count == len(det.scores) == (scores > threshold).sum()
     np.testing.assert_allclose(np.sort(first.detections.scores[view.keep]), np.sort(det.scores))
@@ -156,13 +158,12 @@ def test_the_slider_starts_at_each_checkpoints_own_threshold(setup, raw_params, 
     checkpoints = {"params.yaml's": ckpt}
     for name, thresh in [("trained at 0.3", 0.3), ("trained at 0", 0.0)]:
         raw = copy.deepcopy(raw_params)
-        raw["model"]["score_thresh"] = thresh
-        raw["stitch"]["mode"] = "whole"
+        raw["predict"].update(score_thresh=thresh, min_score=min(thresh, 0.2), mode="whole")
         checkpoints[name] = save_tiny_checkpoint(tmp_path / f"{thresh}.pt", raw)
     seg = Segmenter("cpu")
     assert checkpoint_defaults(seg, checkpoints, "params.yaml's") == (
-        raw_params["model"]["score_thresh"],
-        raw_params["stitch"]["mode"],
+        raw_params["predict"]["score_thresh"],
+        raw_params["predict"]["mode"],
     )
     assert checkpoint_defaults(seg, checkpoints, "trained at 0.3") == (0.3, "whole")
     # within the slider's range
@@ -266,7 +267,7 @@ def test_app_in_a_real_browser(setup, app_url, raw_params, tmp_path):
         page.wait_for_timeout(1000)
         assert page.get_by_text("no image yet").count() == 0  # no error for a control alone
         number = page.locator("#score input[type=number]")
-        assert float(number.input_value()) == raw_params["model"]["score_thresh"]  # the model's
+        assert float(number.input_value()) == raw_params["predict"]["score_thresh"]  # the model's
         number.fill(f"{low:.2f}")
         number.press("Enter")
         page.locator("#upload input[type=file]").set_input_files(

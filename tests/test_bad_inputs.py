@@ -22,7 +22,7 @@ from pycocotools import mask as mask_utils
 from livecellseg.checkpoint import FORMAT as CHECKPOINT_FORMAT
 from livecellseg.images import write_gray
 from livecellseg.livecell import index_images
-from tests.conftest import ROOT, make_livecell_root, save_tiny_checkpoint, small_image
+from tests.helpers import ROOT, make_livecell_root, save_tiny_checkpoint, small_image
 
 W, H = 140, 100
 TRAIN_JSON = "annotations/livecell_coco_train.json"
@@ -321,10 +321,12 @@ STAGE_ONLY_CHECKPOINTS = [
         lambda p, raw: _checkpoint(p, raw, "custom"),
         "holds the custom model, expected transfer; put the train_transfer stage's checkpoint",
     ),
-    (  # the tiny checkpoint records a smaller input scale and budgets than params.yaml
-        "checkpoint trained with other settings than params.yaml",
+    (  # the tiny checkpoint records a smaller input scale than params.yaml
+        "checkpoint trained with another geometry than params.yaml (anchors, input scale, "
+        "normalisation, tile grid or window)",
         lambda p, raw: _checkpoint(p, raw, "transfer"),
-        "trained with other settings than params.yaml (inference.detections_per_img",
+        "trained with other settings than params.yaml (model.min_size, model.max_size); "
+        "retrain it: dvc repro train_transfer",
     ),
 ]
 

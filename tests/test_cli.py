@@ -13,7 +13,7 @@ from pycocotools import mask as mask_utils
 
 from livecellseg.cli import _output_stems, main
 from livecellseg.images import write_gray
-from tests.conftest import save_tiny_checkpoint, small_image
+from tests.helpers import save_tiny_checkpoint, small_image
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +43,7 @@ def test_every_command_has_complete_help():
         sub = subprocess.run([exe, command, "--help"], capture_output=True, text=True, check=True)
         assert "usage: livecellseg " + command in sub.stdout
     predict_help = subprocess.run([exe, "predict", "--help"], capture_output=True, text=True).stdout
-    for option in ("--model", "--out", "--score", "--mode", "--device"):
+    for option in ("--model", "--out", "--score", "--mode", "--set", "--device"):
         assert option in predict_help
 
 
@@ -114,6 +114,40 @@ def test_score_threshold_filters_the_same_prediction(checkpoint, inputs, tmp_pat
     high = json.loads((tmp_path / "0.5" / "gray_coco.json").read_text())["annotations"]
     assert all(a["score"] > 0.5 for a in high)
     assert [a["score"] for a in high] == [a["score"] for a in low if a["score"] > 0.5]
+
+
+def test_post_processing_defaults_are_the_checkpoints_and_overridable(
+    tmp_path, inputs, raw_params, caplog
+):
+    caplog.set_level("INFO")
+    raw = {**raw_params, "predict": raw_params["predict"] | {"score_thresh": 0.3, "mode": "whole"}}
+    ckpt = save_tiny_checkpoint(tmp_path / "custom.pt", raw)
+    image = str(inputs / "gray.tif")
+    base = ["predict", image, "--model", str(ckpt), "--out", str(tmp_path / "o")]
+    assert main(base) == 0
+    assert "whole mode, score > 0.30" in caplog.text  # the recorded predict section
+    caplog.clear()
+    assert main([*base, "--set", "mode=stitched", "--set", "predict.score_thresh=0.4"]) == 0
+    assert "stitched mode, score > 0.40" in caplog.text
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("bogus=1", "unknown key 'predict.bogus'"),
+        ("nms_thresh", "--set nms_thresh: give KEY=VALUE"),
+        ("nms_thresh=high", "'predict.nms_thresh' must be a number, got 'high'"),
+        ("min_owned=1.5", "bad value for 'predict.min_owned'"),
+    ],
+)
+def test_a_bad_override_is_one_line_naming_it(
+    checkpoint, inputs, tmp_path, capsys, override, message
+):
+    argv = ["predict", str(inputs / "gray.tif"), "--model", str(checkpoint), "--out", str(tmp_path)]
+    assert main([*argv, "--set", override]) == 1
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1, err
+    assert not list(tmp_path.iterdir())  # nothing written
 
 
 def test_stitched_mode_runs_from_the_cli(checkpoint, inputs, tmp_path):

@@ -2,7 +2,7 @@ import pytest
 
 from livecellseg.config import load_params, parse_params
 from livecellseg.errors import ConfigError
-from tests.conftest import ROOT
+from tests.helpers import ROOT
 
 
 def test_project_params_load():

@@ -14,7 +14,7 @@ from livecellseg.checkpoint import FORMAT, load_checkpoint
 from livecellseg.config import parse_params
 from livecellseg.errors import LivecellsegError
 from livecellseg.training import train_model
-from tests.conftest import ROOT, make_tiles, tiny_train_params, train_custom_args
+from tests.helpers import ROOT, make_tiles, tiny_train_params, train_custom_args
 
 
 @pytest.fixture(scope="module")

@@ -10,11 +10,21 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
 from livecellseg.coco import encode_mask
-from livecellseg.evaluation import coco_mask_ap, detection_metrics, evaluate
+from livecellseg.evaluation import (
+    best_threshold,
+    coco_mask_ap,
+    detection_metrics,
+    evaluate,
+    threshold_curve,
+    threshold_grid,
+)
 
 H, W = 100, 120
 
-LIVECELL = {"score_thresh": 0.5, "iou_thresh": 0.5}  # params.yaml `evaluate`, the seed's
+LIVECELL = {
+    "score_thresh": 0.5,
+    "iou_thresh": 0.5,
+}  # params.yaml's predict.score_thresh, evaluate.iou_thresh
 
 
 def square(y, x, side, h=H, w=W):
@@ -137,6 +147,32 @@ def test_duplicates_are_false_positives_and_low_scores_are_ignored():
     m = detection_metrics(gt, results, **LIVECELL)["overall"]
     assert (m["gt"], m["pred"], m["tp"]) == (1, 2, 1)
     assert m["precision"] == 0.5 and m["recall"] == 1.0 and m["f1"] == pytest.approx(2 / 3)
+
+
+def test_threshold_curve_is_detection_metrics_at_each_threshold():
+    cells = [square(5, 5, 10), square(30, 30, 15), square(60, 70, 20)]
+    gt = doc({1: cells, 2: [square(10, 10, 20)]})
+    results = [  # a hit at each score, a duplicate at 0.45, a false positive at 0.7
+        result(1, cells[0], 0.9),
+        result(1, cells[1], 0.55),
+        result(1, cells[2], 0.3),
+        result(1, cells[2], 0.45),
+        result(2, square(60, 60, 20), 0.7),
+    ]
+    grid = threshold_grid(0.2, 0.5)
+    assert grid[0] == 0.2 and grid[-1] == 0.95 and 0.5 in grid and len(grid) == 16
+    assert threshold_grid(0.2, 0.52).count(0.52) == 1  # the operating threshold is drawn too
+    curve = threshold_curve(gt, results, grid, iou_thresh=0.5)
+    for row in curve:
+        m = detection_metrics(gt, results, score_thresh=row["score_thresh"], iou_thresh=0.5)
+        for key in ("precision", "recall", "f1"):
+            assert row[key] == pytest.approx(m["overall"][key], abs=1e-4), (row, key)
+    at = {row["score_thresh"]: row for row in curve}
+    assert at[0.2]["recall"] == 0.75 and at[0.2]["precision"] == 0.6  # 3 of 4; 3 of 5
+    assert at[0.5]["recall"] == 0.5 and at[0.9]["recall"] == 0.0  # "above": 0.9 is out
+    best = best_threshold(curve)
+    assert best["f1"] == max(row["f1"] for row in curve)
+    assert best["score_thresh"] == min(r["score_thresh"] for r in curve if r["f1"] == best["f1"])
 
 
 def test_an_empty_image_with_one_prediction_is_one_false_positive():

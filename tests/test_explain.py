@@ -10,7 +10,7 @@ from livecellseg.cli import main
 from livecellseg.explain import explain_image, hook_targets, save_explanation
 from livecellseg.images import write_gray
 from livecellseg.predict import Predictor
-from tests.conftest import build, save_tiny_checkpoint, small_image, tiny_predict_settings
+from tests.helpers import build, save_tiny_checkpoint, small_image, tiny_predict_settings
 
 
 def tiny_predictor(name: str, model=None) -> Predictor:

@@ -103,7 +103,7 @@ def test_confluence_and_counts_of_constructed_masks_give_the_doubling_time():
 @pytest.fixture(scope="module")
 def series_dir(tmp_path_factory):
     from livecellseg.images import write_gray
-    from tests.conftest import small_image
+    from tests.helpers import small_image
 
     d = tmp_path_factory.mktemp("timelapse")
     image, _ = small_image()
@@ -119,7 +119,7 @@ def test_the_growth_command_writes_tables_plot_and_fits(series_dir, tmp_path, ra
     import json
 
     from livecellseg.cli import main
-    from tests.conftest import save_tiny_checkpoint
+    from tests.helpers import save_tiny_checkpoint
 
     ckpt = save_tiny_checkpoint(tmp_path / "custom.pt", raw_params)
     out = tmp_path / "out"
@@ -156,7 +156,7 @@ def test_the_growth_command_stops_on_a_name_it_cannot_parse(series_dir, tmp_path
 def test_the_app_growth_tab_from_uploads_or_a_local_folder(series_dir, tmp_path, raw_params):
     from livecellseg.app import Segmenter, growth
     from livecellseg.errors import LivecellsegError
-    from tests.conftest import save_tiny_checkpoint
+    from tests.helpers import save_tiny_checkpoint
 
     checkpoints = {"custom": save_tiny_checkpoint(tmp_path / "custom.pt", raw_params)}
     seg = Segmenter("cpu")
@@ -241,7 +241,7 @@ def test_the_growth_stage_compares_each_model_with_the_truth_per_well(sample_ser
     import subprocess
     import sys
 
-    from tests.conftest import ROOT
+    from tests.helpers import ROOT
 
     root, doc = sample_series
     split = tmp_path / "test.json"

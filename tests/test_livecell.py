@@ -20,7 +20,7 @@ from livecellseg.livecell import (
     record_sha256,
     safe_extract,
 )
-from tests.conftest import make_livecell_root
+from tests.helpers import make_livecell_root
 
 
 class RangeHandler(http.server.SimpleHTTPRequestHandler):

@@ -10,7 +10,7 @@ from livecellseg.errors import LivecellsegError
 from livecellseg.models import build_model, parameter_table, set_backbone_frozen
 from livecellseg.models.cbam import CBAM
 from livecellseg.settings import fit_config
-from tests.conftest import build, default_model_settings, default_params
+from tests.helpers import build, default_model_settings, default_params
 
 SETTINGS = dict(
     zip(("inference", "sampling", "arch"), default_model_settings("transfer"), strict=True)
@@ -88,7 +88,7 @@ def test_custom_wiring(custom):
 
 def test_inference_settings_and_native_scale(custom):
     s, _, _ = default_model_settings()
-    assert custom.roi_heads.score_thresh == s.score_thresh == 0.4
+    assert custom.roi_heads.score_thresh == s.score_thresh == default_params().predict.min_score
     assert custom.rpn.score_thresh == s.rpn_score_thresh
     assert custom.rpn.post_nms_top_n() == s.rpn_post_nms_top_n == 1000
     assert custom.roi_heads.nms_thresh == 0.5

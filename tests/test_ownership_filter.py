@@ -16,8 +16,8 @@ from torchvision.ops import box_iou
 from livecellseg import predict
 from livecellseg.models import build_model
 from livecellseg.predict import PROPOSAL_REACH, Predictor, reaches
-from tests.conftest import default_model_settings, small_image, tiny_inference
-from tests.conftest import tiny_predict_settings as settings
+from tests.helpers import default_model_settings, small_image, tiny_inference
+from tests.helpers import tiny_predict_settings as settings
 
 H, W = 520, 704
 

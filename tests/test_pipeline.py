@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from livecellseg.trainlog import VARYING
-from tests.conftest import ROOT, scratch_dir
+from tests.helpers import ROOT, scratch_dir
 from tests.test_livecell import RangeHandler, _serve
 
 pytestmark = pytest.mark.slow
@@ -128,14 +128,14 @@ def test_real_livecell_path_from_a_local_server(project, tmp_path):
 
 def _tiny_project(dst: Path, raw_params) -> Path:
     """A fresh copy on the tiny profile, committed (dvclive needs a commit; a clone has one)."""
-    from tests.conftest import tiny_train_params
+    from tests.helpers import tiny_train_params
 
     p = _copy_project(dst)
     tiny = tiny_train_params(raw_params)
     _set_params(
         p,
         sample=TINY_SAMPLE,
-        **{k: tiny[k] for k in ("model", "train", "transfer", "custom")},
+        **{k: tiny[k] for k in ("model", "train", "transfer", "custom", "predict")},
     )
     _sh(["git", "add", "-A"], p)
     _sh([*GIT, "commit", "-qm", "project"], p)
@@ -159,6 +159,63 @@ def _lock_outs(project: Path) -> dict[str, str]:
 def _changed_stages(project: Path) -> set[str]:
     status = json.loads(_sh(["dvc", "status", "--json"], project, stdout_only=True))
     return {name for name in status if not name.startswith("data.dvc")}
+
+
+AFTER_THE_NETWORK = {
+    "stitch_predict@transfer",
+    "stitch_predict@custom",
+    "evaluate@transfer",
+    "evaluate@custom",
+    "growth",
+}
+
+
+def _changed(value):
+    """Another valid value for a predict param."""
+    if isinstance(value, str):
+        return {"stitched": "whole", "whole": "stitched"}[value]
+    if isinstance(value, int):
+        return value + 1
+    return round(value + 0.05 if value < 0.9 else value - 0.05, 4)
+
+
+def _post_processing_never_retrains(project: Path) -> None:
+    """Each key of `predict` changed alone: only the stages after the network are stale."""
+    text = (project / "params.yaml").read_text()
+    predict = yaml.safe_load(text)["predict"]
+    try:
+        for key, value in predict.items():
+            change = {key: _changed(value)}
+            if key == "min_score":  # stays <= score_thresh
+                change = {key: round(value - 0.05, 4)}
+            _set_params(project, predict=change)
+            stale = _changed_stages(project)
+            expected = {"evaluate@transfer", "evaluate@custom", "growth"}
+            if key != "score_thresh":  # the operating threshold is applied after stitching
+                expected = AFTER_THE_NETWORK
+            assert stale == expected, (key, stale)
+            (project / "params.yaml").write_text(text)
+    finally:
+        (project / "params.yaml").write_text(text)
+
+
+def _weight_shaping_retrains_both(project: Path) -> None:
+    """A param that shapes the weights: both training stages are stale."""
+    text = (project / "params.yaml").read_text()
+    try:
+        for change in (
+            {"train": {"warmup_steps": 3}},
+            {"train": {"val_score_thresh": 0.6}},
+            {"model": {"box_batch_size_per_image": 32}},
+            {"evaluate": {"iou_thresh": 0.6}},
+        ):
+            _set_params(project, **change)
+            stale = _changed_stages(project)
+            assert {"train_transfer", "train_custom"} <= stale, (change, stale)
+            assert stale >= AFTER_THE_NETWORK, (change, stale)
+            (project / "params.yaml").write_text(text)
+    finally:
+        (project / "params.yaml").write_text(text)
 
 
 def test_full_pipeline_twice_identical_then_an_experiment(tmp_path, raw_params):
@@ -186,6 +243,9 @@ def test_full_pipeline_twice_identical_then_an_experiment(tmp_path, raw_params):
         results = json.loads((p / f"predictions/{name}.json").read_text())
         assert isinstance(results, list)
         assert (p / f"plots/{name}/precision_recall.csv").exists()
+        thresholds = (p / f"plots/{name}/thresholds.csv").read_text().splitlines()
+        assert thresholds[0] == "score_thresh,precision,recall,f1" and len(thresholds) > 2
+        assert m["score_thresh"] == 0.5 and set(m["best_threshold"]) >= {"score_thresh", "f1"}
         assert len(list((p / f"plots/{name}/overlays").glob("*.png"))) == 1  # 1 test image
 
     growth = json.loads((p / "metrics/growth.json").read_text())
@@ -196,13 +256,11 @@ def test_full_pipeline_twice_identical_then_an_experiment(tmp_path, raw_params):
 
     # a param change: dvc status names the stages that read it...
     assert _changed_stages(q) == set()
-    _set_params(q, evaluate={"score_thresh": 0.6})
-    assert _changed_stages(q) == {"evaluate@transfer", "evaluate@custom", "growth"}
-    # stitch params are recorded in both checkpoints (the CLI predicts with them): both retrain
-    _set_params(q, stitch={"nms_iou": 0.6}, model={"lr": 1e-3})
+    _post_processing_never_retrains(q)
+    _weight_shaping_retrains_both(q)
+    _set_params(q, predict={"nms_iou": 0.6}, model={"lr": 1e-3})  # lr: the transfer model's
     assert _changed_stages(q) == {
         "train_transfer",
-        "train_custom",
         "stitch_predict@transfer",
         "stitch_predict@custom",
         "evaluate@transfer",

@@ -17,7 +17,7 @@ from livecellseg.errors import LivecellsegError
 from livecellseg.models import build_model
 from livecellseg.predict import Predictor, load_model, to_coco_results
 from livecellseg.settings import SamplingSettings
-from tests.conftest import (
+from tests.helpers import (
     default_model_settings,
     save_tiny_checkpoint,
     small_image,

@@ -12,7 +12,7 @@ import torch
 import yaml
 
 from livecellseg import checkpoint, trainlog
-from tests.conftest import ROOT, make_tiles, scratch_dir, tiny_train_params, train_custom_args
+from tests.helpers import ROOT, make_tiles, scratch_dir, tiny_train_params, train_custom_args
 
 STEPS_PER_EPOCH = 4  # max_tiles_per_epoch 8 / batch_size 2
 

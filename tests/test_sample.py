@@ -17,7 +17,7 @@ from livecellseg.sample import (
     grow_cells,
     layout,
 )
-from tests.conftest import make_livecell_root
+from tests.helpers import make_livecell_root
 
 NAME = re.compile(
     r"^(A172|BT474|BV2|Huh7|MCF7|SHSY5Y|SkBr3|SKOV3)_Phase_[A-H]\d+_\d_\d\dd\d\dh\d\dm_\d\.tif$"

@@ -11,7 +11,7 @@ import torch
 
 from livecellseg.checkpoint import load_checkpoint
 from livecellseg.errors import LivecellsegError
-from tests.conftest import ROOT
+from tests.helpers import ROOT
 
 SOURCES = sorted(p for d in ("src", "stages", "bench", "scripts") for p in (ROOT / d).rglob("*.py"))
 
@@ -103,12 +103,12 @@ def test_transfer_weights_load_only_tensors(tmp_path, monkeypatch):
     from torchvision.models import _api
 
     from livecellseg.models import build
-    from tests import conftest
+    from tests import helpers
 
     marker = tmp_path / "pwned"
     evil = tmp_path / "weights.pth"
     torch.save({"w": RunsCode(marker)}, evil)
-    model = conftest.build("transfer", pretrained_layout=True)
+    model = helpers.build("transfer", pretrained_layout=True)
     with pytest.raises(LivecellsegError, match="not a loadable state_dict"):
         build.transfer_weights(str(evil))
     assert not marker.exists()
@@ -128,7 +128,7 @@ def test_the_app_binds_to_localhost_by_default(tmp_path, monkeypatch, raw_params
     import gradio as gr
 
     from livecellseg.cli import main
-    from tests.conftest import save_tiny_checkpoint
+    from tests.helpers import save_tiny_checkpoint
 
     save_tiny_checkpoint(tmp_path / "models" / "custom.pt", raw_params)
     seen = {}

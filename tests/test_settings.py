@@ -1,5 +1,6 @@
 """One source of settings: params.yaml -> settings -> checkpoint -> the CLI predicts exactly
-what the pipeline's stitch_predict wrote, whatever the tile and stitch params."""
+what the pipeline's stitch_predict wrote, whatever the tile and predict params; the trained
+geometry is checked, the post-processing is the caller's."""
 
 import argparse
 import ast
@@ -13,16 +14,16 @@ from livecellseg.cli import main as cli
 from livecellseg.config import parse_params
 from livecellseg.errors import LivecellsegError
 from livecellseg.predict import Predictor
-from livecellseg.settings import predict_settings
+from livecellseg.settings import params_predict_settings
 from livecellseg.training import train_model
 from stages.stitch_predict import main as stitch_predict
-from tests.conftest import make_tiles, scratch_dir, tiny_train_params
+from tests.helpers import make_tiles, scratch_dir, tiny_train_params
 
 # an untrained model scores low: keep every detection, so there are cells to compare
-KEEP_ALL = {"score_thresh": 0.0, "detections_per_img": 40}
+KEEP_ALL = {"score_thresh": 0.0, "min_score": 0.0, "detections_per_img": 40}
 CHANGED = {  # other tiles and stitching than params.yaml's, each of them in effect
     "tile": {"grid": 5, "window": 2},
-    "stitch": {"min_owned": 0.3, "nms_iou": 0.4, "batch_size": 3, "rpn_score_thresh": 0.1},
+    "predict": {"min_owned": 0.3, "nms_iou": 0.4, "batch_size": 3, "rpn_score_thresh": 0.1},
 }
 
 
@@ -31,7 +32,9 @@ def pipeline(request, tmp_path_factory, raw_params):
     """A tiny custom model trained with the given sections changed, and stitch_predict's
     output on its test image: (params, the stage's arguments)."""
     with scratch_dir(tmp_path_factory, "pipeline") as tmp_path:
-        raw = tiny_train_params(raw_params, custom={"epochs": 1}, model=KEEP_ALL, **request.param)
+        changed = dict(request.param)
+        predict = KEEP_ALL | changed.pop("predict", {})
+        raw = tiny_train_params(raw_params, custom={"epochs": 1}, predict=predict, **changed)
         params = parse_params(raw)
         params_file = tmp_path / "params.yaml"
         params_file.write_text(yaml.safe_dump(raw))
@@ -65,7 +68,7 @@ def _detections(results: list[dict]) -> list[tuple]:
 def test_cli_predicts_what_stitch_predict_wrote(pipeline, tmp_path):
     params, args = pipeline
     predictor, _ = Predictor.from_checkpoint(args.checkpoint, "cpu")
-    assert predictor.settings == predict_settings(params)  # recorded, not code defaults
+    assert predictor.settings == params_predict_settings(params)  # recorded, not code defaults
     assert predictor.settings.stitch.grid == params.tile.grid
     written = json.loads(args.out.read_text())
     test_images = json.loads(args.split.read_text())["images"]
@@ -79,12 +82,35 @@ def test_cli_predicts_what_stitch_predict_wrote(pipeline, tmp_path):
         assert _detections(doc["annotations"]) == _detections(mine)
 
 
-def test_stitch_predict_refuses_a_checkpoint_trained_with_other_settings(pipeline):
+@pytest.mark.parametrize(
+    "section, key, value",
+    [
+        ("model", "anchor_sizes", [9, 18, 36, 72, 144]),
+        ("model", "min_size", 80),
+        ("tile", "grid", 9),
+    ],
+)
+def test_stitch_predict_refuses_a_checkpoint_trained_with_other_geometry(
+    pipeline, section, key, value
+):
     params, args = pipeline
     raw = yaml.safe_load(Path(args.params).read_text())
-    raw["stitch"]["min_owned"] += 0.05
-    with pytest.raises(LivecellsegError, match=r"trained with other settings .*stitch.min_owned"):
+    raw[section][key] = value
+    with pytest.raises(LivecellsegError, match=rf"trained with other settings .*{section}\.{key}"):
         stitch_predict(parse_params(raw), args)
+
+
+def test_stitch_predict_takes_post_processing_from_params_not_the_checkpoint(pipeline, tmp_path):
+    params, args = pipeline
+    raw = yaml.safe_load(Path(args.params).read_text())
+    raw["predict"].update(score_thresh=0.5, min_score=0.5, nms_iou=0.3)
+    out = argparse.Namespace(
+        **vars(args) | {"out": tmp_path / "p.json", "counts": tmp_path / "c.csv"}
+    )
+    stitch_predict(parse_params(raw), out)  # no refusal: it does not shape the weights
+    scores = [r["score"] for r in json.loads(out.out.read_text())]
+    assert all(s > 0.5 for s in scores)  # params.yaml's min_score, not the recorded 0.0
+    assert len(scores) < len(json.loads(args.out.read_text()))
 
 
 SETTING_NAMES = {  # params.yaml keys that say how a model predicts, tiles or stitches
@@ -94,6 +120,7 @@ SETTING_NAMES = {  # params.yaml keys that say how a model predicts, tiles or st
     "min_owned",
     "nms_iou",
     "score_thresh",
+    "min_score",
     "nms_thresh",
     "mask_thresh",
     "iou_thresh",
@@ -154,3 +181,67 @@ def test_the_default_finder_finds_defaults():
         "class S:\n    window: int = 3\n    mode: str = 'x'\n"
     )
     assert _defaulted(ast.parse(code)) == [(1, "grid"), (1, "nms_iou"), (3, "window")]
+
+
+def test_cli_counts_the_cells_evaluate_and_growth_count(pipeline, tmp_path):
+    """With default settings the CLI's count of an image is evaluate's and growth's: one
+    operating threshold, recorded at training and read by the pipeline from params.yaml."""
+    import csv
+
+    import torch
+
+    from stages.evaluate import main as evaluate_stage
+    from stages.growth import main as growth_stage
+
+    params, args = pipeline
+    written = json.loads(args.out.read_text())
+    scores = sorted(r["score"] for r in written)
+    thresh = scores[len(scores) // 2]  # the median score: some detections are cells, some not
+    # the model as if trained beside this operating threshold: its record is the CLI's default
+    ckpt = torch.load(args.checkpoint, weights_only=True)
+    ckpt["params"]["predict"]["score_thresh"] = thresh
+    model = tmp_path / "custom.pt"
+    torch.save(ckpt, model)
+    raw = yaml.safe_load(Path(args.params).read_text())
+    raw["predict"]["score_thresh"] = thresh
+    params = parse_params(raw)
+    evaluated = argparse.Namespace(
+        predictions=args.out,
+        split=args.split,
+        images=args.images,
+        metrics=tmp_path / "metrics.json",
+        plots=tmp_path / "plots",
+    )
+    evaluate_stage(params, evaluated)
+    grown = argparse.Namespace(
+        split=args.split,
+        predictions=[args.out],
+        metrics=tmp_path / "growth.json",
+        plots=tmp_path / "growth",
+        figure=tmp_path / "growth.png",
+    )
+    growth_stage(params, grown)
+
+    (im,) = json.loads(args.split.read_text())["images"]
+    out = tmp_path / "cli"
+    assert (
+        cli(
+            [
+                "predict",
+                str(args.images / im["file_name"]),
+                "--model",
+                str(model),
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
+    with open(out / "summary.csv") as f:
+        (row,) = list(csv.DictReader(f))
+    evaluate_count = json.loads(evaluated.metrics.read_text())["pred"]
+    (well,) = grown.plots.glob("*.csv")
+    with open(well) as f:
+        (counts,) = list(csv.DictReader(f))
+    assert 0 < int(row["cells"]) < len(written)
+    assert int(row["cells"]) == evaluate_count == round(float(counts[args.out.stem]))

@@ -18,7 +18,7 @@ from livecellseg.split import (
     stratified_order,
     well_of,
 )
-from tests.conftest import ROOT, make_livecell_root
+from tests.helpers import ROOT, make_livecell_root
 
 
 def _stage(name, *args):

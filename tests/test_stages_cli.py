@@ -6,7 +6,7 @@ import sys
 import yaml
 
 from livecellseg.livecell import index_images
-from tests.conftest import ROOT, make_livecell_root
+from tests.helpers import ROOT, make_livecell_root
 
 
 def _stage(name, *args, cwd=ROOT):

@@ -9,7 +9,7 @@ import tifffile
 from livecellseg.errors import DataError
 from livecellseg.livecell import index_images
 from livecellseg.subset import build_subset, keep_one
-from tests.conftest import make_livecell_root
+from tests.helpers import make_livecell_root
 
 FILES = ("livecell_coco_train.json", "livecell_coco_val.json", "livecell_coco_test.json")
 

@@ -114,7 +114,10 @@ class Segmenter:
             if key in self._models:
                 self._models.move_to_end(key)
                 return self._models[key]
-        predictor, ckpt = Predictor.from_checkpoint(checkpoint, self.device, score_thresh=MIN_SCORE)
+        # every detection the slider can reach; the operating threshold stays the recorded one
+        predictor, ckpt = Predictor.from_checkpoint(
+            checkpoint, self.device, overrides={"min_score": MIN_SCORE}
+        )
         log.info("loaded %s (%s model, epoch %s)", checkpoint, ckpt["name"], ckpt.get("epoch"))
         with self._cache_lock:
             self._models[key] = predictor
@@ -235,10 +238,10 @@ def example_path(examples: dict[str, Path], name: str | None) -> str | None:
 def checkpoint_defaults(
     segmenter: Segmenter, checkpoints: dict[str, Path], label: str | None
 ) -> tuple[float, Mode]:
-    """Where the slider and the mode go for a checkpoint: the score threshold (within the
-    slider's range) and the stitching mode it was trained and evaluated with."""
+    """Where the slider and the mode go for a checkpoint: its recorded operating threshold
+    (predict.score_thresh, within the slider's range) and stitching mode."""
     predictor = segmenter.predictor(checkpoint_path(checkpoints, label))
-    score = min(max(float(predictor.trained_score_thresh), MIN_SCORE), MAX_SCORE)
+    score = min(max(float(predictor.score_thresh), MIN_SCORE), MAX_SCORE)
     return score, predictor.settings.stitch.mode
 
 
@@ -331,8 +334,9 @@ def growth(
     allow_folders: bool,
 ) -> tuple[Path, list[list], list[Path], list[str]]:
     """The Growth tab's answer: time-lapse images (uploaded, or a folder on this computer)
-    segmented with the checkpoint's own score threshold; the plot, a row per well, the
-    downloads (growth.csv, wells.csv, doubling.json, growth.png) and the files skipped."""
+    segmented at the checkpoint's operating threshold (predict.score_thresh); the plot, a
+    row per well, the downloads (growth.csv, wells.csv, doubling.json, growth.png) and the
+    files skipped."""
     from livecellseg.growth import analyse, parse_names, write_growth
 
     paths = [Path(f) for f in files or []]
@@ -352,7 +356,7 @@ def growth(
     checkpoint = checkpoint_path(checkpoints, checkpoint_label)
     if mode not in get_args(Mode):
         raise LivecellsegError(f"mode {mode!r}: choose one of {list(get_args(Mode))}")
-    threshold = segmenter.predictor(checkpoint).trained_score_thresh
+    threshold = segmenter.predictor(checkpoint).score_thresh
 
     def cells(image):
         det = segmenter.predict(image, checkpoint, mode).detections
@@ -510,7 +514,7 @@ def build_app(
                     list(get_args(Mode)),
                     value=start[1],
                     label="Mode",
-                    info="stitched: 25 tiles, as the pipeline; whole: one pass, ~3x faster",
+                    info="stitched: overlapping tiles, as the pipeline; whole: one pass, ~3x faster",
                 )
                 score = gr.Slider(
                     MIN_SCORE,

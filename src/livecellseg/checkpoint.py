@@ -5,7 +5,8 @@ A checkpoint is a plain dict (torchvision's references do the same), loaded with
     format, name ("transfer" | "custom"), model (state dict), optimizer, scheduler, scaler
     (the training state: in the last checkpoint, which a run resumes from, not in the best),
     epoch, phase, best_f1, best_epoch, val (metrics of that epoch),
-    params (the params.yaml sections it was trained with: settings.recorded_params),
+    params (the params.yaml sections that shaped it, and `predict` as it was then:
+    settings.recorded_params),
     run (what else identifies the run: pretrained, data fingerprint), versions.
 Saving is atomic and byte-reproducible: the same content gives the same bytes.
 """
@@ -23,10 +24,12 @@ import livecellseg
 from livecellseg.errors import LivecellsegError
 from livecellseg.io import atomic_path
 
-# 2: `params` holds the params.yaml sections by name (1 nested them, without tile/stitch).
-# An older checkpoint still loads: training starts afresh rather than resume it (another
-# identity), and prediction refuses it for want of recorded settings (predict.load_model).
-FORMAT = 2
+# 3: `params` holds what shaped the weights (seed, model, tile, train, the model's section)
+# and `predict`, the post-processing at training time (2 held `stitch` and the thresholds
+# under `model`; 1 nested the sections). An older checkpoint still loads: training starts
+# afresh rather than resume it (another identity), and prediction refuses it for want of
+# recorded settings (predict.load_model).
+FORMAT = 3
 TRAINING_STATE = ("optimizer", "scheduler", "scaler")
 
 

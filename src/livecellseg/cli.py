@@ -1,6 +1,6 @@
 """The `livecellseg` command: segment your own images, serve the app, explain a model.
 
-livecellseg predict IMAGE_OR_DIR... --model models/custom.pt [--out DIR] [--score S]
+livecellseg predict IMAGE_OR_DIR... --model models/custom.pt [--out DIR] [--score S] [--set KEY=V]
 livecellseg app [--models models] [--host 127.0.0.1] [--port 7860]
 livecellseg growth IMAGE_OR_DIR... --model models/custom.pt [--out DIR] [--pattern RE]
 livecellseg explain IMAGE --model models/custom.pt [--out DIR]
@@ -75,20 +75,7 @@ def _parser() -> argparse.ArgumentParser:
         default=Path("segmentations"),
         help="output directory (default: %(default)s)",
     )
-    pr.add_argument(
-        "--score",
-        type=float,
-        default=None,
-        help="keep cells scoring above this (default: the threshold the model was trained and "
-        "evaluated with, recorded in its checkpoint)",
-    )
-    pr.add_argument(
-        "--mode",
-        choices=("stitched", "whole"),
-        default=None,
-        help="stitched: overlapping tiles stitched back, the pipeline's way; whole: one pass "
-        "on the full image (~3x faster on CPU); default: the checkpoint's stitch.mode",
-    )
+    _postprocess_args(pr)
     pr.add_argument(
         "--device",
         default="auto",
@@ -117,8 +104,7 @@ def _parser() -> argparse.ArgumentParser:
         help="regular expression for other names, with named groups well and hours "
         "(or days, hours, minutes), optionally line, field, crop",
     )
-    gr.add_argument("--score", type=float, default=None, help="as for predict")
-    gr.add_argument("--mode", choices=("stitched", "whole"), default=None, help="as for predict")
+    _postprocess_args(gr)
     gr.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     gr.set_defaults(run=_growth)
 
@@ -223,6 +209,52 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def _postprocess_args(parser: argparse.ArgumentParser) -> None:
+    """--score, --mode and --set: the post-processing, by default what the checkpoint
+    recorded of params.yaml's `predict` section (the pipeline's settings at training)."""
+    parser.add_argument(
+        "--score",
+        type=float,
+        default=None,
+        help="the operating threshold: a detection scoring above it is a cell (default: the "
+        "checkpoint's predict.score_thresh, the one the pipeline's metrics and growth count at)",
+    )
+    parser.add_argument(
+        "--mode",
+        choices=("stitched", "whole"),
+        default=None,
+        help="stitched: overlapping tiles stitched back, the pipeline's way; whole: one pass "
+        "on the full image (~3x faster on CPU); default: the checkpoint's predict.mode",
+    )
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override any other key of the checkpoint's predict section, e.g. --set "
+        "min_owned=0.5 --set nms_thresh=0.6 (repeatable; see params.yaml)",
+    )
+
+
+def _overrides(args) -> dict:
+    """The post-processing a command overrides: {predict key: value}."""
+    import yaml
+
+    out = {}
+    for item in args.set:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise LivecellsegError(f"--set {item}: give KEY=VALUE, e.g. --set min_owned=0.5")
+        out[key.strip().removeprefix("predict.")] = yaml.safe_load(value)
+    if args.score is not None:
+        if not 0 <= args.score <= 1:
+            raise LivecellsegError(f"--score {args.score}: give a fraction in [0, 1]")
+        out["score_thresh"] = args.score
+    if args.mode:
+        out["mode"] = args.mode
+    return out
+
+
 def collect_images(inputs: list[Path]) -> list[Path]:
     """Files as given; directories expanded to their images (sorted, not recursive)."""
     from livecellseg.images import IMAGE_SUFFIXES
@@ -258,8 +290,7 @@ def _predict(args) -> int:
     from livecellseg.runtime import pick_device
     from livecellseg.visualize import PRED_COLOUR, cell_pixels, draw_outlines, gray_to_rgb, save_png
 
-    if args.score is not None and not 0 <= args.score <= 1:
-        raise LivecellsegError(f"--score {args.score}: give a fraction in [0, 1]")
+    overrides = _overrides(args)
     files = collect_images(args.inputs)
     if not files:
         raise LivecellsegError(
@@ -267,8 +298,8 @@ def _predict(args) -> int:
             "pass .tif/.tiff/.png/.jpg/.jpeg files or directories holding them"
         )
     device = pick_device(args.device)
-    predictor, ckpt = Predictor.from_checkpoint(args.model, device, score_thresh=args.score)
-    mode = args.mode or predictor.settings.stitch.mode
+    predictor, ckpt = Predictor.from_checkpoint(args.model, device, overrides=overrides)
+    mode = predictor.settings.stitch.mode
     score = predictor.score_thresh
     log.info(
         "%s model (%s, epoch %s) on %d images, %s mode, score > %.2f, %s -> %s",
@@ -308,6 +339,7 @@ def _predict(args) -> int:
             log.warning("%s: %s", path, note)
         t0 = time.perf_counter()
         det, _ = predictor(image, mode)
+        det = det.take(det.above(predictor.score_thresh))  # the cells: above --score
         cells = cell_pixels(det.rles, image.shape)
         write_segmentation(args.out, stem, path.name, det, cells)
         save_png(
@@ -349,14 +381,26 @@ def _growth(args) -> int:
         )
     points = parse_names(files, args.pattern)  # before the model loads
     predictor, ckpt = Predictor.from_checkpoint(
-        args.model, pick_device(args.device), score_thresh=args.score
+        args.model, pick_device(args.device), overrides=_overrides(args)
     )
-    mode = args.mode or predictor.settings.stitch.mode
-    log.info("%s model on %d images, %s mode -> %s", ckpt["name"], len(files), mode, args.out)
+    mode = predictor.settings.stitch.mode
+    log.info(
+        "%s model on %d images, %s mode, score > %.2f -> %s",
+        ckpt["name"],
+        len(files),
+        mode,
+        predictor.score_thresh,
+        args.out,
+    )
+
+    def cells(image):
+        det = predictor(image, mode)[0]
+        return det.take(det.above(predictor.score_thresh)).rles
+
     growth = analyse(
         files,
         points,
-        lambda image: predictor(image, mode)[0].rles,
+        cells,
         progress=partial(tqdm, unit="img", desc="growth"),
     )
     for reason in growth.skipped:

@@ -113,15 +113,11 @@ class TileConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """Shared by both models: `lr` (see README, 'Experiments') and inference/sampling sizes."""
+    """Shared by both models: what shapes their weights (input scale, anchors, normalisation,
+    RoI sampling) and `lr` (see README, 'Experiments'). What is done after the network is
+    `PredictConfig`'s."""
 
     lr: float  # the transfer model's SGD learning rate (phase 1; phase 2 scales it)
-    score_thresh: float
-    nms_thresh: float
-    mask_thresh: float
-    detections_per_img: int
-    rpn_pre_nms_top_n_test: int
-    rpn_post_nms_top_n_test: int
     rpn_pre_nms_top_n_train: int
     rpn_post_nms_top_n_train: int
     box_batch_size_per_image: int
@@ -157,8 +153,6 @@ class ModelConfig:
                 "3 numbers (R, G, B) on [0, 1] intensities"
                 + (", > 0" if key == "image_std" else ""),
             )
-        for key in ("score_thresh", "nms_thresh", "mask_thresh"):
-            _check(0 <= getattr(self, key) <= 1, f"model.{key}", "a fraction in [0, 1]")
         _check(
             self.mask_rois_per_image >= 0,
             "model.mask_rois_per_image",
@@ -188,11 +182,19 @@ class TrainConfig:
     grad_clip: float  # max gradient norm; 0 = off
     max_tiles_per_epoch: int  # 0 = all training tiles each epoch
     max_val_tiles: int  # 0 = all validation tiles
+    # validation, which picks the best epoch, is part of training: its own thresholds
     val_score_thresh: float
+    val_nms_thresh: float
+    val_mask_thresh: float
     val_detections_per_tile: int  # caps an untrained model's flood of low-score detections
     augment: AugmentConfig
 
     def __post_init__(self) -> None:
+        for key in ("val_score_thresh", "val_nms_thresh", "val_mask_thresh"):
+            _check(0 <= getattr(self, key) <= 1, f"train.{key}", "a fraction in [0, 1]")
+        _check(
+            self.val_detections_per_tile >= 1, "train.val_detections_per_tile", "an integer >= 1"
+        )
         _check(self.warmup_steps >= 0, "train.warmup_steps", "an integer >= 0")
         _check(self.grad_clip >= 0, "train.grad_clip", "a number >= 0 (0 = off)")
         _check(self.max_tiles_per_epoch >= 0, "train.max_tiles_per_epoch", "an integer >= 0")
@@ -244,30 +246,46 @@ class CustomConfig:
 
 
 @dataclass(frozen=True)
-class StitchConfig:
-    """stitch_predict: how test images are segmented."""
+class PredictConfig:
+    """What is done after the network: thresholds, budgets, stitching. Changing it reruns
+    stitch_predict, evaluate and growth, never training; a checkpoint records the values it
+    was trained beside as the CLI's and the app's defaults."""
 
-    mode: Literal["stitched", "whole"]  # 25 tiles + stitching, or one pass on the whole image
+    score_thresh: float  # the operating threshold: a detection scoring above it is a cell
+    min_score: float  # detections kept at all (predictions/, COCO AP, the threshold curves)
+    nms_thresh: float  # box NMS within a tile (or a whole image)
+    mask_thresh: float  # mask probability -> binary mask
+    detections_per_img: int  # per tile; whole mode scales the budgets by the area ratio
+    rpn_pre_nms_top_n: int
+    rpn_post_nms_top_n: int
+    rpn_score_thresh: float  # proposals below this objectness skip the RoI heads
+    mode: Literal["stitched", "whole"]  # tiles + stitching, or one pass on the whole image
     min_owned: float  # keep a tile's detection if more than this share lies in owned mini-tiles
     nms_iou: float  # cross-tile mask-IoU NMS threshold
     batch_size: int  # tiles per forward pass
-    rpn_score_thresh: float  # proposals below this objectness skip the RoI heads
 
     def __post_init__(self) -> None:
-        _check(0 <= self.rpn_score_thresh < 1, "stitch.rpn_score_thresh", "a number in [0, 1)")
-        _check(0 <= self.min_owned <= 1, "stitch.min_owned", "a fraction in [0, 1]")
-        _check(0 < self.nms_iou <= 1, "stitch.nms_iou", "a number in (0, 1]")
-        _check(self.batch_size >= 1, "stitch.batch_size", "an integer >= 1")
+        for key in ("score_thresh", "min_score", "nms_thresh", "mask_thresh", "min_owned"):
+            _check(0 <= getattr(self, key) <= 1, f"predict.{key}", "a fraction in [0, 1]")
+        _check(
+            self.min_score <= self.score_thresh,
+            "predict.min_score",
+            f"a score <= predict.score_thresh={self.score_thresh} (detections below it are "
+            "not kept, so nothing could be counted between them)",
+        )
+        _check(0 <= self.rpn_score_thresh < 1, "predict.rpn_score_thresh", "a number in [0, 1)")
+        _check(0 < self.nms_iou <= 1, "predict.nms_iou", "a number in (0, 1]")
+        _check(self.batch_size >= 1, "predict.batch_size", "an integer >= 1")
+        for key in ("detections_per_img", "rpn_pre_nms_top_n", "rpn_post_nms_top_n"):
+            _check(getattr(self, key) >= 1, f"predict.{key}", "an integer >= 1")
 
 
 @dataclass(frozen=True)
 class EvaluateConfig:
-    score_thresh: float  # seed metrics count predictions above this score (AP uses all)
     iou_thresh: float  # a prediction matches a cell at mask IoU >= this
     overlays: int  # overlay PNGs written per model (first test images)
 
     def __post_init__(self) -> None:
-        _check(0 <= self.score_thresh <= 1, "evaluate.score_thresh", "a fraction in [0, 1]")
         _check(0 < self.iou_thresh <= 1, "evaluate.iou_thresh", "a number in (0, 1]")
         _check(self.overlays >= 0, "evaluate.overlays", "an integer >= 0")
 
@@ -285,7 +303,7 @@ class Params:
     train: TrainConfig
     transfer: TransferConfig
     custom: CustomConfig
-    stitch: StitchConfig
+    predict: PredictConfig
     evaluate: EvaluateConfig
 
     def __post_init__(self) -> None:

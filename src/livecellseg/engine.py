@@ -133,7 +133,7 @@ class Run:
             self.model,
             val_set,
             self.rt.device,
-            mask_thresh=self.cfg.mask_thresh,
+            mask_thresh=self.cfg.val_mask_thresh,
             score_thresh=self.cfg.val_score_thresh,
             iou_thresh=self.cfg.val_iou_thresh,
             max_detections=self.cfg.val_detections_per_tile,

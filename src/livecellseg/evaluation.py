@@ -5,7 +5,8 @@ images without cells included, for predictions with score > `score_thresh`: prec
 recall, F1 at IoU `iou_thresh`, mean IoU of matched pairs, counts. COCO mask AP with
 LIVECell's settings: maxDets 100/500/2000, every AP (AP, AP50, AP75, APs, APm, APl) at
 2000, areas small < 324 px², medium 324-961, large > 961. Everything overall and per cell
-line.
+line. And the seed metrics against the score threshold (`threshold_curve`), from which a
+user picks the operating threshold.
 """
 
 from __future__ import annotations
@@ -51,6 +52,48 @@ def detection_metrics(
             groups[group].add_matched(len(gt[image_id]), len(pred[image_id]), ious)
             by_area[group].add(areas, matched_gt)
     return {g: c.summary() | by_area[g].summary() for g, c in groups.items()}
+
+
+def threshold_grid(min_score: float, operating: float, step: float = 0.05) -> list[float]:
+    """Score thresholds to draw P/R/F1 at: from `min_score` (below it no detection was kept)
+    to 0.95 by `step`, and the operating threshold itself."""
+    grid = np.round(np.arange(0, 1 - step / 2, step), 4)
+    return sorted({float(t) for t in grid if t >= min_score} | {operating})
+
+
+def threshold_curve(
+    gt_doc: dict, results: list[dict], thresholds: list[float], *, iou_thresh: float
+) -> list[dict]:
+    """Precision, recall and F1 at each score threshold, matched as detection_metrics
+    matches them (one-to-one, each threshold on its own), over all images."""
+    images = {im["id"]: im for im in gt_doc["images"]}
+    gt: dict[int, list[dict]] = defaultdict(list)
+    for ann in gt_doc["annotations"]:
+        im = images[ann["image_id"]]
+        gt[ann["image_id"]].append(to_rle(ann["segmentation"], im["height"], im["width"]))
+    pred: dict[int, list[tuple[float, dict]]] = defaultdict(list)
+    for r in results:
+        pred[r["image_id"]].append(
+            (r["score"], to_rle(r["segmentation"], *r["segmentation"]["size"]))
+        )
+    counts = {t: DetectionCounts() for t in thresholds}
+    for image_id in sorted(images):
+        for t, c in counts.items():
+            kept = [rle for score, rle in pred[image_id] if score > t]
+            matched_gt, ious = match_pairs(gt[image_id], kept, iou_thresh)
+            c.add_matched(len(gt[image_id]), len(kept), ious)
+    rows = []
+    for t, c in counts.items():
+        m = c.summary()
+        rows.append(
+            {"score_thresh": t} | {k: round(float(m[k]), 4) for k in ("precision", "recall", "f1")}
+        )
+    return rows
+
+
+def best_threshold(curve: list[dict]) -> dict:
+    """The row of the threshold curve with the highest F1 (the lowest such threshold)."""
+    return max(curve, key=lambda row: (row["f1"], -row["score_thresh"]))
 
 
 def load_as_rle(path: str | Path) -> dict[str, Any]:

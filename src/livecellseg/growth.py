@@ -5,7 +5,8 @@ LIVECell's images are Incucyte time-lapse crops, named
 is well B10, field 1, crop 1 (a position in the well: field and crop), 1 day 12 h after the
 start. `livecell.parse_name` reads that (or any naming a regular expression describes);
 `doubling_time` fits log2(count) against time over a well's exponential phase. Pure functions
-of names and numbers.
+of names and numbers, but `analyse` (reads and segments image files with the function it is
+given) and `write_growth` (writes its results).
 """
 
 from __future__ import annotations

@@ -1,9 +1,11 @@
-"""Segmenting whole images with a trained model: 25 tiles batched and stitched, or one pass.
+"""Segmenting whole images with a trained model: (grid - window + 1)^2 overlapping tiles
+batched and stitched (25 with params.yaml's 7x7 grid and 3x3 window), or one pass.
 
 `Predictor` holds a model and the settings it predicts with; `Predictor.from_checkpoint`
-takes them from what the checkpoint recorded, so the CLI, the app and the pipeline's
-`stitch_predict` predict alike. Images are 2-D uint8 of any size; detections come out in
-full-image coordinates (RLE masks) either way.
+takes the trained geometry from the checkpoint, and the post-processing from params.yaml's
+`predict` (the pipeline) or from the checkpoint's record of it (the CLI and the app, with
+per-call overrides), so with default settings they count alike. Images are 2-D uint8 of any
+size; detections come out in full-image coordinates (RLE masks) either way.
 
 Stitched mode does only the work tile ownership can keep (`OwnershipFilter`): a tile owns
 only its centre mini-tile (border tiles: to the image edge), so most of what a tile sees is
@@ -24,13 +26,20 @@ import torch
 from pycocotools import mask as mask_utils
 
 from livecellseg.checkpoint import load_checkpoint
+from livecellseg.config import PredictConfig
 from livecellseg.datasets import gray_to_tensor
 from livecellseg.errors import ConfigError, LivecellsegError
 from livecellseg.images import write_labels
 from livecellseg.io import write_json
 from livecellseg.models import MODEL_NAMES, apply_inference, build_model, inference_applied
 from livecellseg.runtime import autocast_dtype
-from livecellseg.settings import Mode, PredictSettings, settings_of_checkpoint
+from livecellseg.settings import (
+    Mode,
+    PredictSettings,
+    recorded_predict,
+    settings_of_checkpoint,
+    with_overrides,
+)
 from livecellseg.stitch import ImageDetections, StitchCounts, TileDetections, stitch, whole_image
 from livecellseg.tiling import Window, owned_box, tile_windows
 from livecellseg.visualize import CellPixels, label_image
@@ -39,9 +48,14 @@ log = logging.getLogger(__name__)
 
 
 def load_model(
-    path: str | Path, device: torch.device, *, expect: str | None = None
+    path: str | Path,
+    device: torch.device,
+    *,
+    expect: str | None = None,
+    predict: PredictConfig | None = None,
 ) -> tuple[torch.nn.Module, dict, PredictSettings]:
-    """A trained model in eval mode, its checkpoint, and the settings the checkpoint records.
+    """A trained model in eval mode, its checkpoint, and the settings it predicts with: the
+    checkpoint's, post-processing from `predict` when given (else the recorded one).
 
     `expect` names the model the checkpoint must hold. Loading is `weights_only`.
     """
@@ -55,7 +69,7 @@ def load_model(
             f"put the train_{expect} stage's checkpoint there (dvc repro train_{expect})"
         )
     try:
-        settings, sampling, arch = settings_of_checkpoint(ckpt.get("params"), name)
+        settings, sampling, arch = settings_of_checkpoint(ckpt.get("params"), name, predict)
     except ConfigError:
         raise LivecellsegError(
             f"{path}: checkpoint does not record the settings it was trained with; retrain "
@@ -164,7 +178,8 @@ def _take(tensors: list[torch.Tensor], keep: list[torch.Tensor]) -> list[torch.T
 
 
 class Predictor:
-    """Segments images with one model; stitched (25 tiles) or whole-image inference.
+    """Segments images with one model; stitched (tiles) or whole-image inference. It returns
+    every detection above `min_score`; the cells are those above `score_thresh`.
 
     `owned_only` (stitched mode): skip the work ownership throws away (OwnershipFilter);
     False runs every proposal through the heads, as before it existed (bench/predict.py).
@@ -180,16 +195,8 @@ class Predictor:
         model: torch.nn.Module,
         device: torch.device,
         settings: PredictSettings,
-        *,
-        trained_score_thresh: float | None = None,
     ):
         self.model, self.device, self.settings = model, device, settings
-        # the score threshold the model was evaluated with (the app's slider starts there)
-        self.trained_score_thresh = (
-            settings.inference.score_thresh
-            if trained_score_thresh is None
-            else trained_score_thresh
-        )
         apply_inference(model, settings.inference)  # the model is the predictor's now
 
     @classmethod
@@ -198,21 +205,39 @@ class Predictor:
         path: str | Path,
         device: torch.device,
         *,
-        score_thresh: float | None = None,
+        predict: PredictConfig | None = None,
+        overrides: dict | None = None,
         expect: str | None = None,
     ) -> tuple[Predictor, dict]:
-        """A predictor with the checkpoint's own settings; `score_thresh` overrides its
-        score threshold (`trained_score_thresh` keeps the recorded one)."""
-        model, ckpt, settings = load_model(path, device, expect=expect)
-        recorded = settings.inference.score_thresh
-        if score_thresh is not None:
-            settings = replace(
-                settings, inference=replace(settings.inference, score_thresh=score_thresh)
-            )
-        return cls(model, device, settings, trained_score_thresh=recorded), ckpt
+        """A predictor with the checkpoint's trained geometry and post-processing from
+        `predict` (default: the checkpoint's record of params.yaml's `predict`), with the
+        keys in `overrides` replaced (a LivecellsegError names a bad one). An operating
+        threshold below `min_score` lowers `min_score` with it."""
+        model, ckpt, settings = load_model(path, device, expect=expect, predict=predict)
+        if overrides:
+            base = predict or recorded_predict(ckpt["params"])
+            if "score_thresh" in overrides and "min_score" not in overrides:
+                score = overrides["score_thresh"]
+                if isinstance(score, (int, float)) and score < base.min_score:
+                    overrides = overrides | {"min_score": score}
+            try:
+                changed = with_overrides(base, overrides)
+            except ConfigError as e:
+                raise LivecellsegError(
+                    str(e).replace("params.yaml: ", "", 1)
+                    + f" (an override of {path}'s recorded predict settings)"
+                ) from None
+            settings = settings_of_checkpoint(ckpt["params"], ckpt["name"], changed)[0]
+        return cls(model, device, settings), ckpt
 
     @property
     def score_thresh(self) -> float:
+        """The operating threshold: a detection scoring above it is a cell."""
+        return self.settings.score_thresh
+
+    @property
+    def min_score(self) -> float:
+        """The lowest score a detection is made with (the model's box_score_thresh)."""
         return self.settings.inference.score_thresh
 
     @torch.inference_mode()
@@ -315,7 +340,7 @@ def to_coco_results(image_id: int, det: ImageDetections) -> list[dict]:
             "image_id": image_id,
             "category_id": 1,
             "segmentation": {"size": list(rle["size"]), "counts": rle["counts"].decode("ascii")},
-            "score": round(float(score), 5),
+            "score": float(score),  # exact: "above the threshold" reads the same everywhere
             "bbox": [round(float(v), 2) for v in box],
             "area": int(area),
         }

@@ -1,11 +1,15 @@
 """The one place validated params become what the code runs with.
 
-`params.yaml` is the only source of numbers: the model's inference settings and RoI sampling,
-the training run (phases, batches, profile), and prediction (tiles, stitching) are built here
-from its sections and nowhere else; no other module writes a default for them. A checkpoint
-records the sections it was trained with (`recorded_params`), and `settings_of_checkpoint`
-rebuilds the settings from that record, so the CLI and the app predict exactly as
-the pipeline's `stitch_predict` does.
+`params.yaml` is the only source of numbers: the model's architecture and RoI sampling,
+the training run (phases, batches, profile, validation), and prediction (thresholds, budgets,
+tiles, stitching) are built here from its sections and nowhere else; no other module writes a
+default for them. Two kinds of setting:
+- what shapes the weights (seed, tile, model, train, the model's section): the training
+  stages depend on exactly these, a checkpoint records them, and prediction takes them from
+  the checkpoint (`trained_differences` names any that params.yaml contradicts);
+- what is done after the network (`predict`): the pipeline takes it from params.yaml; the
+  checkpoint records the section as it was at training time, the CLI's and the app's
+  defaults (`settings_of_checkpoint`), so with defaults they count as the pipeline does.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ from livecellseg.config import (
     CustomConfig,
     ModelConfig,
     Params,
-    StitchConfig,
+    PredictConfig,
     TileConfig,
     TrainConfig,
     parse_section,
@@ -32,7 +36,7 @@ class InferenceSettings:
     """What the model does at test time: input scale, proposal and detection budgets,
     thresholds (torchvision's MaskRCNN arguments of the same meaning)."""
 
-    score_thresh: float
+    score_thresh: float  # the model's box_score_thresh: detections below it are not made
     nms_thresh: float
     detections_per_img: int
     rpn_pre_nms_top_n: int
@@ -97,6 +101,7 @@ class StitchSettings:
 class PredictSettings:
     inference: InferenceSettings
     stitch: StitchSettings
+    score_thresh: float  # the operating threshold: a detection scoring above it is a cell
 
 
 @dataclass(frozen=True)
@@ -120,7 +125,7 @@ class FitConfig:
     max_tiles_per_epoch: int  # 0: all tiles
     max_val_tiles: int  # 0: all tiles
     augmentation: dict
-    mask_thresh: float
+    val_mask_thresh: float
     val_score_thresh: float
     val_iou_thresh: float  # evaluate.iou_thresh: a match as the test metrics count it
     val_detections_per_tile: int
@@ -134,14 +139,29 @@ class FitConfig:
         return sum(p.epochs for p in self.phases)
 
 
-def inference_settings(model: ModelConfig, stitch: StitchConfig) -> InferenceSettings:
+def inference_settings(model: ModelConfig, predict: PredictConfig) -> InferenceSettings:
     return InferenceSettings(
-        score_thresh=model.score_thresh,
-        nms_thresh=model.nms_thresh,
-        detections_per_img=model.detections_per_img,
-        rpn_pre_nms_top_n=model.rpn_pre_nms_top_n_test,
-        rpn_post_nms_top_n=model.rpn_post_nms_top_n_test,
-        rpn_score_thresh=stitch.rpn_score_thresh,
+        score_thresh=predict.min_score,
+        nms_thresh=predict.nms_thresh,
+        detections_per_img=predict.detections_per_img,
+        rpn_pre_nms_top_n=predict.rpn_pre_nms_top_n,
+        rpn_post_nms_top_n=predict.rpn_post_nms_top_n,
+        rpn_score_thresh=predict.rpn_score_thresh,
+        min_size=model.min_size,
+        max_size=model.max_size,
+    )
+
+
+def validation_settings(model: ModelConfig, train: TrainConfig) -> InferenceSettings:
+    """What the model does while validation picks the best epoch: `train.val_*`, proposals
+    as in training, every proposal to the heads (part of training, unlike `predict`)."""
+    return InferenceSettings(
+        score_thresh=train.val_score_thresh,
+        nms_thresh=train.val_nms_thresh,
+        detections_per_img=train.val_detections_per_tile,
+        rpn_pre_nms_top_n=model.rpn_pre_nms_top_n_train,
+        rpn_post_nms_top_n=model.rpn_post_nms_top_n_train,
+        rpn_score_thresh=0.0,
         min_size=model.min_size,
         max_size=model.max_size,
     )
@@ -168,26 +188,32 @@ def arch_settings(name: str, model: ModelConfig, custom: CustomConfig | None) ->
     return ArchSettings(sizes, model.anchor_ratios, model.image_mean, model.image_std)
 
 
-def stitch_settings(
-    model: ModelConfig, tile: TileConfig, stitch: StitchConfig, train: TrainConfig
-) -> StitchSettings:
+def stitch_settings(tile: TileConfig, predict: PredictConfig, train: TrainConfig) -> StitchSettings:
     return StitchSettings(
-        mode=stitch.mode,
-        mask_thresh=model.mask_thresh,
+        mode=predict.mode,
+        mask_thresh=predict.mask_thresh,
         grid=tile.grid,
         window=tile.window,
-        min_owned=stitch.min_owned,
-        nms_iou=stitch.nms_iou,
-        batch_size=stitch.batch_size,
+        min_owned=predict.min_owned,
+        nms_iou=predict.nms_iou,
+        batch_size=predict.batch_size,
         amp=train.amp,
     )
 
 
-def predict_settings(params: Params) -> PredictSettings:
+def predict_settings(
+    model: ModelConfig, tile: TileConfig, predict: PredictConfig, train: TrainConfig
+) -> PredictSettings:
     return PredictSettings(
-        inference_settings(params.model, params.stitch),
-        stitch_settings(params.model, params.tile, params.stitch, params.train),
+        inference_settings(model, predict),
+        stitch_settings(tile, predict, train),
+        score_thresh=predict.score_thresh,
     )
+
+
+def params_predict_settings(params: Params) -> PredictSettings:
+    """How the pipeline predicts: params.yaml's `predict` on the trained geometry."""
+    return predict_settings(params.model, params.tile, params.predict, params.train)
 
 
 def phases(name: str, params: Params, pretrained: bool) -> tuple[tuple[Phase, ...], int]:
@@ -246,7 +272,7 @@ def fit_config(name: str, params: Params, *, pretrained: bool = False) -> FitCon
         max_tiles_per_epoch=tr.max_tiles_per_epoch,
         max_val_tiles=tr.max_val_tiles,
         augmentation=asdict(tr.augment),
-        mask_thresh=params.model.mask_thresh,
+        val_mask_thresh=tr.val_mask_thresh,
         val_score_thresh=tr.val_score_thresh,
         val_iou_thresh=params.evaluate.iou_thresh,
         val_detections_per_tile=tr.val_detections_per_tile,
@@ -257,45 +283,79 @@ def fit_config(name: str, params: Params, *, pretrained: bool = False) -> FitCon
     )
 
 
+# What a checkpoint's recorded settings must agree on with params.yaml to predict with it:
+# the network's input and anchors, and the tiles it was trained on.
+TRAINED_GEOMETRY = {
+    "model": ("min_size", "max_size", "anchor_sizes", "anchor_ratios", "image_mean", "image_std"),
+    "tile": ("grid", "window"),
+    "custom": ("anchor_scales",),
+}
+
+
 def recorded_params(name: str, params: Params) -> dict[str, Any]:
-    """The params sections a model's checkpoint records: all it was trained and is to be
-    evaluated with (the training stage depends on exactly these in dvc.yaml)."""
+    """The params sections a model's checkpoint records: what shaped its weights (the
+    training stage depends on exactly these in dvc.yaml), and `predict` as it was at training
+    time, the CLI's and the app's defaults (not a training dependency: the pipeline
+    predicts with params.yaml's)."""
     return {
         "seed": params.seed,
         "model": asdict(params.model),
         "tile": asdict(params.tile),
-        "stitch": asdict(params.stitch),
         "train": asdict(params.train),
         name: asdict(getattr(params, name)),
+        "predict": asdict(params.predict),
     }
 
 
-def settings_of_checkpoint(
-    recorded: Any, name: str
-) -> tuple[PredictSettings, SamplingSettings, ArchSettings]:
-    """The settings a checkpoint of model `name` records (ConfigError if it records none,
-    or not all of them)."""
+def _recorded_sections(recorded: Any, name: str) -> dict[str, Any]:
     if not isinstance(recorded, dict):
         raise ConfigError("no recorded params")
-    model, tile, stitch, train = (
-        parse_section(cls, recorded.get(key), key)
+    sections = {
+        key: parse_section(cls, recorded.get(key), key)
         for key, cls in (
             ("model", ModelConfig),
             ("tile", TileConfig),
-            ("stitch", StitchConfig),
             ("train", TrainConfig),
+            ("predict", PredictConfig),
         )
-    )
-    predict = PredictSettings(
-        inference_settings(model, stitch), stitch_settings(model, tile, stitch, train)
-    )
-    custom = (
-        parse_section(CustomConfig, recorded.get("custom"), "custom") if name == "custom" else None
-    )
-    return predict, sampling_settings(model), arch_settings(name, model, custom)
+    }
+    if name == "custom":
+        sections["custom"] = parse_section(CustomConfig, recorded.get("custom"), "custom")
+    return sections
 
 
-def differences(a: PredictSettings, b: PredictSettings) -> list[str]:
-    """Dotted names of the settings in which two PredictSettings differ."""
-    da, db = asdict(a), asdict(b)
-    return [f"{part}.{k}" for part in da for k in da[part] if da[part][k] != db[part][k]]
+def settings_of_checkpoint(
+    recorded: Any, name: str, predict: PredictConfig | None = None
+) -> tuple[PredictSettings, SamplingSettings, ArchSettings]:
+    """The settings a checkpoint of model `name` records (ConfigError if it records none,
+    or not all of them); `predict` replaces its recorded post-processing."""
+    r = _recorded_sections(recorded, name)
+    model = r["model"]
+    settings = predict_settings(model, r["tile"], predict or r["predict"], r["train"])
+    return settings, sampling_settings(model), arch_settings(name, model, r.get("custom"))
+
+
+def recorded_predict(recorded: Any) -> PredictConfig:
+    """The `predict` section a checkpoint recorded (ConfigError if it has none)."""
+    if not isinstance(recorded, dict):
+        raise ConfigError("no recorded params")
+    return parse_section(PredictConfig, recorded.get("predict"), "predict")
+
+
+def trained_differences(recorded: Any, name: str, params: Params) -> list[str]:
+    """Dotted names of the trained geometry (TRAINED_GEOMETRY) in which a checkpoint's
+    record and `params` differ."""
+    r = _recorded_sections(recorded, name)
+    return [
+        f"{section}.{key}"
+        for section, keys in TRAINED_GEOMETRY.items()
+        if section in r
+        for key in keys
+        if getattr(r[section], key) != getattr(getattr(params, section), key)
+    ]
+
+
+def with_overrides(predict: PredictConfig, overrides: dict[str, Any]) -> PredictConfig:
+    """`predict` with some keys replaced (the CLI's `--set predict.KEY=VALUE`), validated as
+    params.yaml is: an unknown key or a bad value is a ConfigError naming it."""
+    return parse_section(PredictConfig, asdict(predict) | overrides, "predict")

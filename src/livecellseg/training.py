@@ -13,9 +13,9 @@ from livecellseg.runtime import seed_everything
 from livecellseg.settings import (
     arch_settings,
     fit_config,
-    inference_settings,
     recorded_params,
     sampling_settings,
+    validation_settings,
 )
 
 
@@ -40,7 +40,7 @@ def train_model(
     seed_everything(params.seed)  # the initial weights too
     model, pretrained = build_model(
         name,
-        inference=inference_settings(params.model, params.stitch),
+        inference=validation_settings(params.model, params.train),
         sampling=sampling_settings(params.model),
         arch=arch_settings(name, params.model, params.custom),
         weights=params.transfer.weights if name == "transfer" else "none",
