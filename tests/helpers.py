@@ -189,11 +189,19 @@ def tiny_params(raw: dict, **predict):
 
 
 def save_tiny_checkpoint(
-    path: Path, raw: dict, name: str = "custom", seed: int = 0, *, pretrained: bool = False
+    path: Path,
+    raw: dict,
+    name: str = "custom",
+    seed: int = 0,
+    *,
+    pretrained: bool = False,
+    score_spread: float = 1.0,
 ) -> Path:
     """An untrained model's checkpoint, tiny at inference (small input scale and budgets),
     in the training stage's format: what the CLI and the app load. `pretrained`: as if
-    trained from COCO weights (the transfer model's COCO layout)."""
+    trained from COCO weights (the transfer model's COCO layout). `score_spread` scales the
+    box classifier: an untrained model scores every detection ~0.5 (within ~0.005); x100
+    spreads them over ~0.15-0.6, so thresholds between them can be tested."""
     import torch
 
     from livecellseg.checkpoint import FORMAT
@@ -215,6 +223,9 @@ def save_tiny_checkpoint(
         pretrained_layout=pretrained,
         norm=params.transfer.scratch_norm,
     )
+    with torch.no_grad():
+        for p in model.roi_heads.box_predictor.cls_score.parameters():
+            p.mul_(score_spread)
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save(
         {

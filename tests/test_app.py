@@ -39,10 +39,10 @@ from tests.test_plots_offline import CHROMIUM
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory, raw_params):
     root = tmp_path_factory.mktemp("app")
-    ckpt = save_tiny_checkpoint(root / "models" / "custom.pt", raw_params)
+    ckpt = save_tiny_checkpoint(root / "models" / "custom.pt", raw_params, score_spread=100)
     last = copy.deepcopy(raw_params)
     last["predict"]["score_thresh"] = 0.3  # the slider moves to it when this checkpoint is chosen
-    save_tiny_checkpoint(root / "models" / "custom_last.pt", last, seed=1)
+    save_tiny_checkpoint(root / "models" / "custom_last.pt", last, seed=1, score_spread=100)
     image, _ = small_image()
     (root / "examples" / "sub").mkdir(parents=True)
     write_gray(root / "examples" / "sub" / "BV2_Phase_A1_1_00d00h00m_1.tif", image)

@@ -229,7 +229,8 @@ def test_full_pipeline_twice_identical_then_an_experiment(tmp_path, raw_params):
     _sh(["dvc", "repro"], p)
     _sh(["dvc", "repro"], q)
     metrics = sorted(f.relative_to(p) for f in (p / "metrics").rglob("*.json"))
-    assert len(metrics) == 7  # subset, tile, two training summaries, two evaluations, growth
+    # subset, tile, anchors, two training summaries, two evaluations, growth
+    assert len(metrics) == 8
     for f in metrics:
         assert (p / f).read_text() == (q / f).read_text(), f
     assert _lock_outs(p) == _lock_outs(q) and len(_lock_outs(p)) >= 14

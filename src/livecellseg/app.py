@@ -25,7 +25,7 @@ import tempfile
 import threading
 import time
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from types import SimpleNamespace
 from typing import TYPE_CHECKING, get_args
@@ -114,10 +114,11 @@ class Segmenter:
             if key in self._models:
                 self._models.move_to_end(key)
                 return self._models[key]
+        predictor, ckpt = Predictor.from_checkpoint(checkpoint, self.device)
         # every detection the slider can reach; the operating threshold stays the recorded one
-        predictor, ckpt = Predictor.from_checkpoint(
-            checkpoint, self.device, overrides={"min_score": MIN_SCORE}
-        )
+        s = predictor.settings
+        floor = replace(s, inference=replace(s.inference, score_thresh=MIN_SCORE))
+        predictor = Predictor(predictor.model, self.device, floor)
         log.info("loaded %s (%s model, epoch %s)", checkpoint, ckpt["name"], ckpt.get("epoch"))
         with self._cache_lock:
             self._models[key] = predictor
@@ -514,7 +515,7 @@ def build_app(
                     list(get_args(Mode)),
                     value=start[1],
                     label="Mode",
-                    info="stitched: overlapping tiles, as the pipeline; whole: one pass, ~3x faster",
+                    info="stitched: overlapping tiles, as the pipeline; whole: one pass, faster",
                 )
                 score = gr.Slider(
                     MIN_SCORE,
