@@ -33,25 +33,36 @@ def detection_metrics(
 ) -> dict[str, dict]:
     """Seed metrics overall and per cell line: {"overall": {...}, "<line>": {...}}, with
     recall by ground-truth mask area (metrics.RecallByArea) in each."""
-    gt: dict[int, list[dict]] = defaultdict(list)
     images = {im["id"]: im for im in gt_doc["images"]}
-    for ann in gt_doc["annotations"]:
-        im = images[ann["image_id"]]
-        gt[ann["image_id"]].append(to_rle(ann["segmentation"], im["height"], im["width"]))
-    pred: dict[int, list[dict]] = defaultdict(list)
-    for r in results:
-        if r["score"] > score_thresh:
-            pred[r["image_id"]].append(to_rle(r["segmentation"], *r["segmentation"]["size"]))
+    gt, scored = rles_by_image(gt_doc, results)
+    pred = {i: [rle for score, rle in dets if score > score_thresh] for i, dets in scored.items()}
     groups: dict[str, DetectionCounts] = defaultdict(DetectionCounts)
     by_area: dict[str, RecallByArea] = defaultdict(RecallByArea)
     for image_id, im in sorted(images.items()):
         # once per image
-        matched_gt, ious = match_pairs(gt[image_id], pred[image_id], iou_thresh)
+        kept = pred.get(image_id, [])
+        matched_gt, ious = match_pairs(gt[image_id], kept, iou_thresh)
         areas = rle_areas(gt[image_id])
         for group in ("overall", cell_line(im)):
-            groups[group].add_matched(len(gt[image_id]), len(pred[image_id]), ious)
+            groups[group].add_matched(len(gt[image_id]), len(kept), ious)
             by_area[group].add(areas, matched_gt)
     return {g: c.summary() | by_area[g].summary() for g, c in groups.items()}
+
+
+def rles_by_image(
+    gt_doc: dict, results: list[dict]
+) -> tuple[dict[int, list[dict]], dict[int, list[tuple[float, dict]]]]:
+    """Per image id: the ground-truth masks as RLEs, and every prediction as (score, RLE)."""
+    images = {im["id"]: im for im in gt_doc["images"]}
+    gt: dict[int, list[dict]] = defaultdict(list)
+    for ann in gt_doc["annotations"]:
+        im = images[ann["image_id"]]
+        gt[ann["image_id"]].append(to_rle(ann["segmentation"], im["height"], im["width"]))
+    pred: dict[int, list[tuple[float, dict]]] = defaultdict(list)
+    for r in results:
+        rle = to_rle(r["segmentation"], *r["segmentation"]["size"])
+        pred[r["image_id"]].append((r["score"], rle))
+    return gt, pred
 
 
 def threshold_grid(min_score: float, operating: float, step: float = 0.05) -> list[float]:
@@ -66,18 +77,9 @@ def threshold_curve(
 ) -> list[dict]:
     """Precision, recall and F1 at each score threshold, matched as detection_metrics
     matches them (one-to-one, each threshold on its own), over all images."""
-    images = {im["id"]: im for im in gt_doc["images"]}
-    gt: dict[int, list[dict]] = defaultdict(list)
-    for ann in gt_doc["annotations"]:
-        im = images[ann["image_id"]]
-        gt[ann["image_id"]].append(to_rle(ann["segmentation"], im["height"], im["width"]))
-    pred: dict[int, list[tuple[float, dict]]] = defaultdict(list)
-    for r in results:
-        pred[r["image_id"]].append(
-            (r["score"], to_rle(r["segmentation"], *r["segmentation"]["size"]))
-        )
+    gt, pred = rles_by_image(gt_doc, results)
     counts = {t: DetectionCounts() for t in thresholds}
-    for image_id in sorted(images):
+    for image_id in sorted(im["id"] for im in gt_doc["images"]):
         for t, c in counts.items():
             kept = [rle for score, rle in pred[image_id] if score > t]
             matched_gt, ious = match_pairs(gt[image_id], kept, iou_thresh)
