@@ -7,7 +7,10 @@ A checkpoint is a plain dict (torchvision's references do the same), loaded with
     epoch, phase, best_f1, best_epoch, val (metrics of that epoch),
     params (the params.yaml sections that shaped it, and `predict` as it was then:
     settings.recorded_params),
-    run (what else identifies the run: pretrained, data fingerprint), versions.
+    run (what else identifies the run: pretrained, data fingerprint), versions;
+    the best checkpoint also `look`: what the model saw in training (novelty.TrainingLook),
+    from which prediction flags images unlike it (an older checkpoint without it predicts
+    without the flag).
 Saving is atomic and byte-reproducible: the same content gives the same bytes.
 """
 

@@ -32,6 +32,7 @@ from livecellseg.errors import ConfigError, LivecellsegError
 from livecellseg.images import write_labels
 from livecellseg.io import write_json
 from livecellseg.models import MODEL_NAMES, apply_inference, build_model, inference_applied
+from livecellseg.novelty import FULL, FeatureTap, Look, Region, TrainingLook
 from livecellseg.runtime import autocast_dtype
 from livecellseg.settings import (
     Mode,
@@ -177,9 +178,22 @@ def _take(tensors: list[torch.Tensor], keep: list[torch.Tensor]) -> list[torch.T
     return [t[k] for t, k in zip(tensors, keep, strict=True)]
 
 
+@dataclass
+class Segmented:
+    """One image's segmentation: every detection above min_score, what stitching counted,
+    and how unlike the training data the image looked (None: the checkpoint has no
+    description of it, or it was not asked for)."""
+
+    det: ImageDetections
+    counts: StitchCounts
+    look: Look | None = None
+
+
 class Predictor:
     """Segments images with one model; stitched (tiles) or whole-image inference. It returns
-    every detection above `min_score`; the cells are those above `score_thresh`.
+    every detection above `min_score`; the cells are those above `score_thresh`. With a
+    `training_look` (the checkpoint's), `segment` also says how unlike the training data an
+    image is, from the features of the same forward pass (novelty.py).
 
     `owned_only` (stitched mode): skip the work ownership throws away (OwnershipFilter);
     False runs every proposal through the heads, as before it existed (bench/predict.py).
@@ -195,8 +209,10 @@ class Predictor:
         model: torch.nn.Module,
         device: torch.device,
         settings: PredictSettings,
+        training_look: TrainingLook | None = None,
     ):
         self.model, self.device, self.settings = model, device, settings
+        self.training_look = training_look
         apply_inference(model, settings.inference)  # the model is the predictor's now
 
     @classmethod
@@ -228,7 +244,8 @@ class Predictor:
                     + f" (an override of {path}'s recorded predict settings)"
                 ) from None
             settings = settings_of_checkpoint(ckpt["params"], ckpt["name"], changed)[0]
-        return cls(model, device, settings), ckpt
+        look = TrainingLook.from_record(ckpt["look"]) if "look" in ckpt else None
+        return cls(model, device, settings, look), ckpt
 
     @property
     def score_thresh(self) -> float:
@@ -278,6 +295,10 @@ class Predictor:
     def __call__(
         self, image: np.ndarray, mode: Mode | None = None
     ) -> tuple[ImageDetections, StitchCounts]:
+        seg = self.segment(image, mode, look=False)
+        return seg.det, seg.counts
+
+    def _mode(self, image: np.ndarray, mode: Mode | None) -> Mode:
         s = self.settings.stitch
         mode = mode or s.mode
         h, w = image.shape
@@ -290,13 +311,72 @@ class Predictor:
                 s.grid,
             )
             mode = "whole"
-        if mode == "whole":
-            with inference_applied(self.model, self.whole_image_inference(h, w)):
-                (det,) = self.forward([image])
-            return whole_image(det.masks, det.scores)
+        return mode
+
+    def _tap(self, look: bool) -> FeatureTap | None:
+        return FeatureTap(self.training_look.levels) if look and self.training_look else None
+
+    def segment(self, image: np.ndarray, mode: Mode | None = None, *, look: bool = True):
+        """Segmented: the image's detections, stitching counts and (with `look` and a
+        training look) how unlike the training data it is."""
+        return self.segment_many([image], mode, look=look)[0]
+
+    def segment_many(
+        self, images: list[np.ndarray], mode: Mode | None = None, *, look: bool = True
+    ) -> list[Segmented]:
+        """`segment` for several images; in whole mode images of one size share forward
+        passes of predict.batch_size images (stitched mode batches each image's tiles)."""
+        out: list[Segmented | None] = [None] * len(images)
+        whole = [i for i, im in enumerate(images) if self._mode(im, mode) == "whole"]
+        for i in range(len(images)):
+            if i not in whole:
+                out[i] = self._stitched(images[i], self._tap(look))
+        by_shape: dict[tuple[int, int], list[int]] = {}
+        for i in whole:
+            by_shape.setdefault(images[i].shape, []).append(i)
+        n = self.settings.stitch.batch_size
+        for idx in by_shape.values():
+            for j in range(0, len(idx), n):
+                chunk = idx[j : j + n]
+                segs = self._whole([images[i] for i in chunk], self._tap(look))
+                for i, seg in zip(chunk, segs, strict=True):
+                    out[i] = seg
+        return out
+
+    def _regions(self, h: int, w: int) -> tuple[list[Window] | None, list[Region]]:
+        """The tile windows of an image and the same as fractions of it (the regions a
+        training look compares); one full-image region when it cannot be tiled."""
+        s = self.settings.stitch
+        if min(h, w) < s.grid:
+            return None, [FULL]
+        windows = tile_windows(h, w, s.grid, s.window)
+        return windows, [(v.y0 / h, v.y1 / h, v.x0 / w, v.x1 / w) for v in windows]
+
+    def _look(self, features: np.ndarray, image: np.ndarray, windows) -> Look:
+        crops = [image[v.y0 : v.y1, v.x0 : v.x1] for v in windows] if windows else [image]
+        return self.training_look.look(features, crops)
+
+    def _whole(self, images: list[np.ndarray], tap: FeatureTap | None) -> list[Segmented]:
+        h, w = images[0].shape
+        with (
+            inference_applied(self.model, self.whole_image_inference(h, w)),
+            tap.tapped(self.model) if tap else contextlib.nullcontext(),
+        ):
+            dets = self.forward(images)
+        windows, regions = self._regions(h, w)
+        feats = tap.pooled([regions] * len(images)) if tap else [None] * len(images)
+        return [
+            Segmented(*whole_image(d.masks, d.scores), self._look(f, im, windows) if tap else None)
+            for d, f, im in zip(dets, feats, images, strict=True)
+        ]
+
+    def _stitched(self, image: np.ndarray, tap: FeatureTap | None) -> Segmented:
+        s = self.settings.stitch
+        h, w = image.shape
         windows = tile_windows(h, w, s.grid, s.window)
         crops = [image[win.y0 : win.y1, win.x0 : win.x1] for win in windows]
         tiles: list[TileDetections] = []
+        feats: list[np.ndarray] = []
         skipped = [0, 0]
         for i in range(0, len(crops), s.batch_size):
             batch, wins = crops[i : i + s.batch_size], windows[i : i + s.batch_size]
@@ -304,7 +384,10 @@ class Predictor:
             if self.owned_only:
                 owned = [shifted(owned_box(w_, h, w, s.grid, s.window), w_) for w_ in wins]
                 only = OwnershipFilter(owned, [c.shape for c in batch])
-            tiles.extend(self.forward(batch, only))
+            with tap.tapped(self.model) if tap else contextlib.nullcontext():
+                tiles.extend(self.forward(batch, only))
+            if tap:
+                feats.extend(tap.pooled())
             if only:
                 skipped[0] += only.skipped_proposals
                 skipped[1] += only.skipped_detections
@@ -318,7 +401,8 @@ class Predictor:
             nms_iou=s.nms_iou,
         )
         counts.skipped_proposals, counts.skipped = skipped
-        return det, counts
+        look = self._look(np.concatenate(feats), image, windows) if tap else None
+        return Segmented(det, counts, look)
 
 
 def shifted(box: Window, tile: Window) -> Window:

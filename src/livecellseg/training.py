@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import hashlib
+import logging
+import os
 from pathlib import Path
 
+import torch
+
+from livecellseg.checkpoint import load_checkpoint, save_checkpoint
 from livecellseg.config import Params
 from livecellseg.datasets import TileDataset
 from livecellseg.engine import fit
 from livecellseg.models import build_model
+from livecellseg.novelty import describe_training_data
 from livecellseg.runtime import seed_everything
 from livecellseg.settings import (
     arch_settings,
@@ -17,6 +23,8 @@ from livecellseg.settings import (
     sampling_settings,
     validation_settings,
 )
+
+log = logging.getLogger(__name__)
 
 
 def _fingerprint(*paths: Path) -> str:
@@ -60,7 +68,7 @@ def train_model(
             "data": _fingerprint(tiles / "train.json", tiles / "val.json"),
         },
     }
-    return fit(
+    summary = fit(
         model,
         train_set,
         val_set,
@@ -71,4 +79,26 @@ def train_model(
         live_dir=live_dir,
         identity=identity,
         resume=resume,
+    )
+    if int(os.environ.get("RANK", "0")) == 0 and best.exists():
+        record_training_look(model, best, tiles, seed=params.seed)
+    return summary
+
+
+def record_training_look(model: torch.nn.Module, best: Path, tiles: Path, *, seed: int) -> None:
+    """Add to the best checkpoint what its model saw in training (novelty.TrainingLook), so
+    prediction can flag an image unlike it."""
+    ckpt = load_checkpoint(best)
+    model.load_state_dict(ckpt["model"])
+    device = next(model.parameters()).device
+    look = describe_training_data(model, tiles, device, seed=seed)
+    ckpt["look"] = look.record()
+    save_checkpoint(ckpt, best)
+    log.info(
+        "%s: described %d train and %d validation tiles; an image is unlike them above "
+        "distance %.2f (the validation tiles' %g quantile)",
+        best,
+        *look.tiles,
+        look.threshold,
+        look.quantile,
     )
