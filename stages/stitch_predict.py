@@ -47,18 +47,32 @@ def main(params, args) -> None:
         params.predict.min_score,
         device,
     )
-    results, rows, total = [], [], StitchCounts()
+    results, rows, total, unlike = [], [], StitchCounts(), 0
     t0 = time.perf_counter()
     for im in tqdm(images, desc=f"predict {ckpt['name']}", unit="img"):
         image = read_gray(args.images / im["file_name"], size=(im["width"], im["height"]))
-        det, counts = predict(image)
-        results.extend(to_coco_results(im["id"], det))
-        total.add(counts)
+        seg = predict.segment(image)
+        results.extend(to_coco_results(im["id"], seg.det))
+        total.add(seg.counts)
+        look = {"distance": "", "unlike_training": ""}
+        if seg.look:  # how unlike the training data the image is (novelty.py)
+            look = {"distance": round(seg.look.distance, 3), "unlike_training": seg.look.unlike}
+            unlike += seg.look.unlike
         rows.append(
             {"image_id": im["id"], "file_name": im["file_name"], "cell_line": cell_line(im)}
-            | asdict(counts)
+            | asdict(seg.counts)
+            | look
         )
     wall = time.perf_counter() - t0
+    if predict.training_look is None:
+        log.warning("%s records no description of its training data", args.checkpoint)
+    else:
+        log.info(
+            "%d of %d test images unlike the training data (distance > %.2f)",
+            unlike,
+            len(images),
+            predict.training_look.threshold,
+        )
     write_json(args.out, results, indent=None)
     write_csv(args.counts, rows)
     log.info(
