@@ -285,3 +285,23 @@ def train_custom_args(params: Path, tiles: Path, out: Path) -> list[str]:
         *("--out", str(out / "custom.pt"), "--last", str(out / "custom_last.pt")),
         *("--live", str(out / "live")),
     ]
+
+
+def add_training_look(path: Path, images: list) -> Path:
+    """Record in the checkpoint at `path` a description of `images` (gray arrays, each cut
+    in quarters) as its training data: even quarters the distribution, odd ones the
+    threshold (novelty.py), as training records it."""
+    import torch
+
+    from livecellseg.novelty import LEVELS, fit_look, tile_features
+    from livecellseg.predict import load_model
+
+    model, ckpt, _ = load_model(path, torch.device("cpu"))
+    crops = []
+    for im in images:
+        h, w = im.shape[0] // 2, im.shape[1] // 2
+        crops += [im[:h, :w], im[:h, w:], im[h:, :w], im[h:, w:]]
+    x = tile_features(model, crops, torch.device("cpu"), LEVELS)
+    ckpt["look"] = fit_look(x[::2], x[1::2], crops[::2], [100.0], levels=LEVELS).record()
+    torch.save(ckpt, path)
+    return path

@@ -5,6 +5,7 @@ import copy
 import io
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -32,7 +33,7 @@ from livecellseg.app import (
 from livecellseg.errors import LivecellsegError
 from livecellseg.images import write_gray
 from livecellseg.predict import Predictor
-from tests.helpers import save_tiny_checkpoint, small_image
+from tests.helpers import add_training_look, save_tiny_checkpoint, small_image
 from tests.test_plots_offline import CHROMIUM
 
 
@@ -124,6 +125,32 @@ def test_segment_returns_what_the_segment_tab_shows(setup, tmp_path):
 
     empty = segment(seg, checkpoints, source, "custom (best val F1)", "whole", 1.0, tmp_path)
     assert empty.count == 0 and empty.mean_area == 0 and empty.histogram.empty
+
+
+def test_an_image_unlike_the_training_data_is_flagged_on_the_page(setup, tmp_path):
+    root, ckpt, image = setup
+    models = tmp_path / "models"
+    models.mkdir()
+    shutil.copy(ckpt, models / "custom.pt")
+    add_training_look(models / "custom.pt", [small_image(seed=s)[0] for s in (1, 2, 3, 4)])
+    write_gray(tmp_path / "inverted.tif", 255 - image)
+    seg, checkpoints = Segmenter("cpu"), find_checkpoints(models)
+    (label,) = checkpoints
+    odd = segment(seg, checkpoints, tmp_path / "inverted.tif", label, "whole", 0.3, tmp_path)
+    assert odd.unlike and odd.summary.startswith("⚠️ **Unlike the images this model was trained")
+    assert any("inverted.tif: unlike the images" in n for n in odd.notes)  # a gr.Warning too
+    assert seg.predict(255 - image, models / "custom.pt", "whole").look.distance > 0
+    # a checkpoint without a description: no flag, no warning
+    plain = segment(
+        seg,
+        find_checkpoints(root / "models"),
+        tmp_path / "inverted.tif",
+        "custom (best val F1)",
+        "whole",
+        0.3,
+        tmp_path,
+    )
+    assert not plain.unlike and "Unlike" not in plain.summary
 
 
 def test_handlers_refuse_what_the_user_can_fix(setup, tmp_path):

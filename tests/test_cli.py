@@ -11,7 +11,7 @@ import tifffile
 from PIL import Image
 from pycocotools import mask as mask_utils
 
-from livecellseg.cli import _output_stems, main
+from livecellseg.cli import main
 from livecellseg.images import write_gray
 from tests.helpers import save_tiny_checkpoint, small_image
 
@@ -67,7 +67,7 @@ def test_predict_writes_label_tiff_coco_and_overlay_and_skips_a_bad_file(
     )
     printed = capsys.readouterr().out
     assert rc == 1  # one file failed
-    assert "3 of 4 images segmented" in printed and "1 skipped" in printed
+    assert "3 of 4 images segmented" in printed and "1 could not be read" in printed
     assert "truncated.tif" in caplog.text and "RGB converted to gray" in caplog.text
     assert "uint16 rescaled to 8-bit" in caplog.text
     image, _ = small_image()
@@ -117,7 +117,7 @@ def test_score_threshold_filters_the_same_prediction(checkpoint, inputs, tmp_pat
 
 
 def test_post_processing_defaults_are_the_checkpoints_and_overridable(
-    tmp_path, inputs, raw_params, caplog
+    tmp_path, inputs, raw_params, caplog, capsys
 ):
     caplog.set_level("INFO")
     raw = {**raw_params, "predict": raw_params["predict"] | {"score_thresh": 0.3, "mode": "whole"}}
@@ -127,7 +127,10 @@ def test_post_processing_defaults_are_the_checkpoints_and_overridable(
     assert main(base) == 0
     assert "whole mode, score > 0.30" in caplog.text  # the recorded predict section
     caplog.clear()
-    assert main([*base, "--set", "mode=stitched", "--set", "predict.score_thresh=0.4"]) == 0
+    changed = [*base, "--set", "mode=stitched", "--set", "predict.score_thresh=0.4"]
+    assert main(changed) == 1  # the outputs there were made with other settings: not mixed
+    assert "segmented with another model or settings" in capsys.readouterr().err
+    assert main([*changed, "--overwrite"]) == 0
     assert "stitched mode, score > 0.40" in caplog.text
 
 
@@ -192,14 +195,11 @@ def test_no_images_and_bad_score_are_clear_errors(checkpoint, tmp_path, capsys):
 
 
 def test_repeated_file_names_do_not_overwrite_each_other(tmp_path):
-    from pathlib import Path
+    from livecellseg.screen import plan
 
-    assert _output_stems([Path("a/x.tif"), Path("b/x.tif"), Path("y.png"), Path("c/x.png")]) == [
-        "x",
-        "x_2",
-        "y",
-        "x_3",
-    ]
+    files = [tmp_path / p for p in ("a/x.tif", "b/x.tif", "y.png", "c/x.png")]
+    jobs, problems = plan(files, tmp_path / "out")
+    assert [j.output for j in jobs] == ["x", "x_2", "y", "x_3"] and not problems
 
 
 def test_export_drops_training_state_and_predicts_the_same(checkpoint, inputs, tmp_path):
@@ -227,6 +227,7 @@ def test_export_drops_training_state_and_predicts_the_same(checkpoint, inputs, t
                 "whole",
             ]
         )
-    assert (tmp_path / "full" / "gray_coco.json").read_text() == (
-        tmp_path / "small" / "gray_coco.json"
-    ).read_text()
+    full, small = (
+        json.loads((tmp_path / name / "gray_coco.json").read_text()) for name in ("full", "small")
+    )
+    assert full["annotations"] == small["annotations"]

@@ -34,6 +34,7 @@ import numpy as np
 
 from livecellseg.errors import LivecellsegError
 from livecellseg.images import IMAGE_SUFFIXES, load_image
+from livecellseg.novelty import Look
 from livecellseg.predict import Predictor, write_segmentation
 from livecellseg.runtime import pick_device
 from livecellseg.settings import Mode
@@ -63,6 +64,7 @@ class Prediction:
     detections: ImageDetections  # every detection above MIN_SCORE, best first
     cells: CellPixels
     seconds: float  # model + stitching time when it was made
+    look: Look | None = None  # how unlike the model's training data the image is
 
 
 @dataclass(frozen=True)
@@ -118,7 +120,7 @@ class Segmenter:
         # every detection the slider can reach; the operating threshold stays the recorded one
         s = predictor.settings
         floor = replace(s, inference=replace(s.inference, score_thresh=MIN_SCORE))
-        predictor = Predictor(predictor.model, self.device, floor)
+        predictor = Predictor(predictor.model, self.device, floor, predictor.training_look)
         log.info("loaded %s (%s model, epoch %s)", checkpoint, ckpt["name"], ckpt.get("epoch"))
         with self._cache_lock:
             self._models[key] = predictor
@@ -154,7 +156,8 @@ class Segmenter:
         predictor = self.predictor(checkpoint)
         t0 = time.perf_counter()
         with self._model_lock:
-            det, _ = predictor(image, mode)
+            seg = predictor.segment(image, mode)
+        det = seg.det
         seconds = time.perf_counter() - t0
         h, w = image.shape
         log.info(
@@ -165,7 +168,7 @@ class Segmenter:
             len(det.rles),
             seconds,
         )
-        return Prediction(image, det, cell_pixels(det.rles, image.shape), seconds)
+        return Prediction(image, det, cell_pixels(det.rles, image.shape), seconds, seg.look)
 
     def explain(self, image: np.ndarray, checkpoint: Path):
         """The explanation module's hooks and figures for one image (see explain.py)."""
@@ -257,7 +260,8 @@ class Segmentation:
     summary: str  # markdown
     histogram: pd.DataFrame  # area bin -> cells (area_histogram)
     downloads: tuple[Path, Path]  # label TIFF, COCO JSON
-    notes: list[str]  # "file: what was converted" (e.g. RGB to gray)
+    notes: list[str]  # "file: what was converted" (e.g. RGB to gray), "unlike the training..."
+    unlike: bool = False  # the image is unlike the model's training data (novelty.py)
 
 
 def segment(
@@ -290,6 +294,16 @@ def segment(
         f"**{view.count} cells** above score {score:.2f} · mean area {view.mean_area:.0f} px² · "
         f"{w}x{h} px · {mode} · model time {prediction.seconds:.1f} s"
     )
+    notes = [f"{Path(source).name}: {note}" for note in notes]
+    if (look := prediction.look) is not None and look.unlike:
+        why = look.reasons()
+        warning = (
+            f"unlike the images this model was trained on (distance {look.distance:.1f}, "
+            f"threshold {segmenter.predictor(checkpoint).training_look.threshold:.1f}"
+            f"{'; ' + why if why else ''}): the count may be wrong, check the outlines"
+        )
+        summary = f"⚠️ **{warning[0].upper()}{warning[1:]}**\n\n{summary}"
+        notes.append(f"{Path(source).name}: {warning}")
     return Segmentation(
         overlay=view.overlay,
         overlay_png=overlay_png,
@@ -298,7 +312,8 @@ def segment(
         summary=summary,
         histogram=area_histogram(view.areas),
         downloads=downloads,
-        notes=[f"{Path(source).name}: {note}" for note in notes],
+        notes=notes,
+        unlike=bool(prediction.look and prediction.look.unlike),
     )
 
 

@@ -1,6 +1,7 @@
 """The `livecellseg` command: segment your own images, serve the app, explain a model.
 
 livecellseg predict IMAGE_OR_DIR... --model models/custom.pt [--out DIR] [--score S] [--set KEY=V]
+torchrun --nproc_per_node N -m livecellseg predict ...   (the images shared over N processes)
 livecellseg app [--models models] [--host 127.0.0.1] [--port 7860]
 livecellseg growth IMAGE_OR_DIR... --model models/custom.pt [--out DIR] [--pattern RE]
 livecellseg explain IMAGE --model models/custom.pt [--out DIR]
@@ -13,7 +14,6 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-import time
 from pathlib import Path
 
 from livecellseg.errors import LivecellsegError
@@ -51,9 +51,13 @@ def _parser() -> argparse.ArgumentParser:
             "Segment images with a trained model. For each image IMG writes IMG_labels.tif "
             "(uint16: 0 background, 1..N cells; opens in napari, Fiji, Cellpose), IMG_coco.json "
             "(COCO document: image, RLE masks with scores) and IMG_overlay.png (outlines in "
-            "magenta), plus summary.csv. Reads 8-bit TIFF/PNG/JPEG; RGB is converted to gray "
-            "and other bit depths rescaled, with a warning. A file that cannot be read is "
-            "reported and skipped; the exit code is 1 if any was."
+            "magenta), plus summary.csv (one row per image: cells, mean area, distance to the "
+            "training data and whether it is unlike it). Directories are searched recursively "
+            "and keep their layout under --out. Reads 8-bit TIFF/PNG/JPEG; RGB is converted to "
+            "gray and other bit depths rescaled, with a warning. A file that cannot be read is "
+            "reported and skipped; the exit code is 1 if any was. Rerunning skips the images "
+            "already done; a run killed at any moment loses only the images in flight. "
+            "Several processes: torchrun --nproc_per_node N -m livecellseg predict ..."
         ),
     )
     pr.add_argument(
@@ -61,7 +65,7 @@ def _parser() -> argparse.ArgumentParser:
         nargs="+",
         type=Path,
         metavar="IMAGE_OR_DIR",
-        help="image files, or directories of .tif/.tiff/.png/.jpg/.jpeg",
+        help="image files, or directories holding .tif/.tiff/.png/.jpg/.jpeg (recursively)",
     )
     pr.add_argument(
         "--model",
@@ -77,10 +81,22 @@ def _parser() -> argparse.ArgumentParser:
     )
     _postprocess_args(pr)
     pr.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="segment again the images whose outputs are already there",
+    )
+    pr.add_argument(
+        "--workers",
+        type=int,
+        default=2,
+        help="processes decoding images ahead of the model, per rank (default: %(default)s; "
+        "0: in the main process)",
+    )
+    pr.add_argument(
         "--device",
         default="auto",
         choices=("auto", "cpu", "cuda"),
-        help="auto: CUDA when present (default)",
+        help="auto: CUDA when present (default; under torchrun, the GPU of LOCAL_RANK)",
     )
     pr.set_defaults(run=_predict)
 
@@ -271,97 +287,54 @@ def collect_images(inputs: list[Path]) -> list[Path]:
     return files
 
 
-def _output_stems(files: list[Path]) -> list[str]:
-    """Output names from file names; a repeated name gets _2, _3... so nothing is overwritten."""
-    seen: dict[str, int] = {}
-    stems = []
-    for f in files:
-        seen[f.stem] = seen.get(f.stem, 0) + 1
-        stems.append(f.stem if seen[f.stem] == 1 else f"{f.stem}_{seen[f.stem]}")
-    return stems
-
-
 def _predict(args) -> int:
-    from tqdm import tqdm
-
-    from livecellseg.images import load_image
-    from livecellseg.io import write_csv
-    from livecellseg.predict import Predictor, write_segmentation
+    from livecellseg.predict import Predictor
     from livecellseg.runtime import pick_device
-    from livecellseg.visualize import PRED_COLOUR, cell_pixels, draw_outlines, gray_to_rgb, save_png
+    from livecellseg.screen import Identity, predict_screen, start_ranks, stop_ranks
 
     overrides = _overrides(args)
-    files = collect_images(args.inputs)
-    if not files:
-        raise LivecellsegError(
-            f"no images found in {' '.join(map(str, args.inputs))}; "
-            "pass .tif/.tiff/.png/.jpg/.jpeg files or directories holding them"
+    local_rank, world = start_ranks()  # several processes under torchrun
+    try:
+        device = pick_device(args.device, local_rank)
+        predictor, ckpt = Predictor.from_checkpoint(args.model, device, overrides=overrides)
+        if predictor.training_look is None:
+            log.warning(
+                "%s records no description of its training data: images unlike it are not "
+                "flagged (retrain it with this livecellseg)",
+                args.model,
+            )
+        log.info(
+            "%s model (%s, epoch %s), %s mode, score > %.2f, %s%s",
+            ckpt["name"],
+            args.model,
+            ckpt.get("epoch"),
+            predictor.settings.stitch.mode,
+            predictor.score_thresh,
+            device,
+            f", {world} processes" if world > 1 else "",
         )
-    device = pick_device(args.device)
-    predictor, ckpt = Predictor.from_checkpoint(args.model, device, overrides=overrides)
-    mode = predictor.settings.stitch.mode
-    score = predictor.score_thresh
-    log.info(
-        "%s model (%s, epoch %s) on %d images, %s mode, score > %.2f, %s -> %s",
-        ckpt["name"],
-        args.model,
-        ckpt.get("epoch"),
-        len(files),
-        mode,
-        score,
-        device,
-        args.out,
-    )
-    args.out.mkdir(parents=True, exist_ok=True)
-    rows, failed = [], 0
-    for path, stem in tqdm(
-        list(zip(files, _output_stems(files), strict=True)),
-        unit="img",
-        desc="predict",
-        disable=len(files) == 1,
-    ):
-        row = {
-            "file": str(path),
-            "output": stem,
-            "cells": 0,
-            "mean_area_px": "",
-            "seconds": "",
-            "status": "ok",
-        }
-        try:
-            image, notes = load_image(path)
-        except LivecellsegError as e:
-            log.error("skipped: %s", e)
-            rows.append(row | {"status": f"skipped: {e}"})
-            failed += 1
-            continue
-        for note in notes:
-            log.warning("%s: %s", path, note)
-        t0 = time.perf_counter()
-        det, _ = predictor(image, mode)
-        det = det.take(det.above(predictor.score_thresh))  # the cells: above --score
-        cells = cell_pixels(det.rles, image.shape)
-        write_segmentation(args.out, stem, path.name, det, cells)
-        save_png(
-            args.out / f"{stem}_overlay.png", draw_outlines(gray_to_rgb(image), cells, PRED_COLOUR)
+        tally, rows = predict_screen(
+            args.inputs,
+            args.out,
+            predictor,
+            Identity.of(args.model, predictor, ckpt["name"]),
+            checkpoint=args.model,
+            overwrite=args.overwrite,
+            workers=args.workers,
         )
-        areas = cells.areas
-        rows.append(
-            row
-            | {
-                "cells": len(areas),
-                "mean_area_px": round(float(areas.mean()), 1) if len(areas) else "",
-                "seconds": round(time.perf_counter() - t0, 2),
-                "status": "ok" + (f" ({'; '.join(notes)})" if notes else ""),
-            }
+    finally:
+        stop_ranks()
+    if rows:  # rank 0
+        if len(rows) <= 20:
+            _print_table(rows)
+        print(
+            f"{tally.done + tally.skipped} of {len(rows)} images segmented -> {args.out} "
+            "(summary.csv)"
+            + (f"; {tally.skipped} of them done before (skipped)" if tally.skipped else "")
+            + (f"; {tally.failed} could not be read (see above)" if tally.failed else "")
+            + (f"; {tally.unlike} unlike the training data" if tally.unlike else "")
         )
-    write_csv(args.out / "summary.csv", rows)
-    _print_table(rows)
-    print(
-        f"{len(rows) - failed} of {len(rows)} images segmented -> {args.out}"
-        + (f"; {failed} skipped (see above)" if failed else "")
-    )
-    return 1 if failed else 0
+    return 1 if tally.failed else 0
 
 
 def _growth(args) -> int:
@@ -416,7 +389,7 @@ def _growth(args) -> int:
 
 
 def _print_table(rows: list[dict]) -> None:
-    cols = ("output", "cells", "mean_area_px", "seconds", "status")
+    cols = ("output", "cells", "mean_area_px", "distance", "seconds", "status")
     widths = {c: max(len(c), *(len(str(r[c])) for r in rows)) for c in cols}
     widths["status"] = len("status")  # last column: not padded
     print("  ".join(c.ljust(widths[c]) for c in cols))

@@ -432,14 +432,18 @@ def to_coco_results(image_id: int, det: ImageDetections) -> list[dict]:
     ]
 
 
-def coco_document(file_name: str, height: int, width: int, det: ImageDetections) -> dict:
+def coco_document(
+    file_name: str, height: int, width: int, det: ImageDetections, info: dict | None = None
+) -> dict:
     """One image's detections as a COCO document (image, annotations with scores, category):
-    COCO() opens it as a data set, and its `annotations` are valid COCO results."""
+    COCO() opens it as a data set, and its `annotations` are valid COCO results. `info`
+    adds keys to the image entry."""
     anns = to_coco_results(1, det)
     for i, ann in enumerate(anns, start=1):
         ann.update(id=i, iscrowd=0)
+    image = {"id": 1, "file_name": file_name, "height": height, "width": width}
     return {
-        "images": [{"id": 1, "file_name": file_name, "height": height, "width": width}],
+        "images": [image | (info or {})],
         "annotations": anns,
         "categories": [{"id": 1, "name": "cell"}],
     }
@@ -452,14 +456,16 @@ def write_segmentation(
     det: ImageDetections,
     cells: CellPixels,
     keep: np.ndarray | None = None,
+    info: dict | None = None,
 ) -> tuple[Path, Path]:
-    """`{stem}_labels.tif` (uint16 labels, what Cellpose, napari and Fiji open) and
-    `{stem}_coco.json` (a COCO document naming `file_name`) in `out`, each written atomically:
-    the detections at `keep` (default: all), whose decoded pixels `cells` holds."""
+    """`{stem}_labels.tif` (uint16 labels, what Cellpose, napari and Fiji open) and then
+    `{stem}_coco.json` (a COCO document naming `file_name`, its image entry with `info`) in
+    `out`, each written atomically: the detections at `keep` (default: all), whose decoded
+    pixels `cells` holds."""
     height, width = cells.shape
     out.mkdir(parents=True, exist_ok=True)
     labels, coco = out / f"{stem}_labels.tif", out / f"{stem}_coco.json"
     write_labels(labels, label_image(cells, det.scores, keep))
     kept = det if keep is None else det.take(keep)
-    write_json(coco, coco_document(file_name, height, width, kept), indent=None)
+    write_json(coco, coco_document(file_name, height, width, kept, info), indent=None)
     return labels, coco
