@@ -9,7 +9,8 @@ threshold at the validation tiles' 99th percentile), then applied as prediction 
   to full size: a lower magnification), inverted, blurred (Gaussian sigma 2): all should be,
 - the real LIVECell reference frames in ../shared/reference/livecell (reported).
 Candidates: each FPN level alone, all levels together, and the image statistics alone
-(mean grey and contrast, a 2-D Mahalanobis distance). Prints JSON.
+(mean grey and contrast, a 2-D Mahalanobis distance); and, for a checkpoint that records
+one, the description training made (its levels, train tiles and threshold). Prints JSON.
 
     python bench/novelty.py --model models/custom.pt [--out docs/novelty_custom.json]
 """
@@ -27,7 +28,7 @@ from scipy import ndimage
 from skimage.transform import resize
 
 from livecellseg.images import read_gray
-from livecellseg.novelty import fit_look, tile_features
+from livecellseg.novelty import TrainingLook, fit_look, tile_features
 from livecellseg.predict import load_model
 from livecellseg.tiling import tile_windows
 
@@ -93,13 +94,14 @@ def main() -> None:
     device = torch.device("cpu")
     model, ckpt, settings = load_model(args.model, device)
     grid, window = settings.stitch.grid, settings.stitch.window
+    seed = ckpt["params"]["seed"]  # the train tiles training described
     t0 = time.perf_counter()
 
     def split(name: str, limit: int = 0):
         doc = json.loads((args.tiles / f"{name}.json").read_text())
         images = doc["images"]
         if limit and len(images) > limit:
-            pick = np.random.default_rng(0).permutation(len(images))[:limit]
+            pick = np.random.default_rng(seed).permutation(len(images))[:limit]
             images = [images[i] for i in sorted(pick)]
         ids = {im["id"] for im in images}
         areas = [a["area"] for a in doc["annotations"] if a["image_id"] in ids]
@@ -137,8 +139,15 @@ def main() -> None:
         return np.array([[t.mean(), t.std()] for t in ts], np.float64)
 
     results = {}
-    for name, levels in [*CANDIDATES.items(), ("image_stats", None)]:
-        if levels is None:  # mean grey and contrast per tile, the same Mahalanobis machinery
+    candidates = [*CANDIDATES.items(), ("image_stats", None)]
+    if "look" in ckpt:  # what the checkpoint recorded in training (its levels: LEVELS)
+        candidates.append(("checkpoint", "recorded"))
+    for name, levels in candidates:
+        if levels == "recorded":
+            look = TrainingLook.from_record(ckpt["look"])
+            c = cols(look.levels)
+            per_image = {k: [look.distances(f[:, c]) for f in fs] for k, fs in image_feats.items()}
+        elif levels is None:  # mean grey and contrast per tile, the same Mahalanobis machinery
             look = fit_look(stats(train), stats(val), train, areas, levels=())
             per_image = {k: [look.distances(stats(t)) for t in tl] for k, tl in tiles_of.items()}
         else:

@@ -123,6 +123,9 @@ def test_predictor_flags_an_inverted_image_in_both_modes_without_changing_detect
         assert seg.look is not None and np.isfinite(seg.look.distance)
         odd = predictor.segment(255 - image, mode).look
         assert odd.unlike and odd.distance > seg.look.distance
+    # both modes measure the image's tiles as training measured its tiles
+    whole, stitched = (predictor.segment(image, m).look.distance for m in ("whole", "stitched"))
+    assert whole == pytest.approx(stitched, rel=1e-3)
     # without a training look, or not asked for, there is none
     assert Predictor(model, device, settings).segment(image).look is None
     assert predictor.segment(image, look=False).look is None

@@ -338,7 +338,6 @@ def _predict(args) -> int:
 
 
 def _growth(args) -> int:
-    from functools import partial
 
     from tqdm import tqdm
 
@@ -366,16 +365,27 @@ def _growth(args) -> int:
         args.out,
     )
 
-    def cells(image):
-        det = predictor(image, mode)[0]
-        return det.take(det.above(predictor.score_thresh)).rles
+    unlike, current = 0, [None]
 
-    growth = analyse(
-        files,
-        points,
-        cells,
-        progress=partial(tqdm, unit="img", desc="growth"),
-    )
+    def progress(items):
+        for item in tqdm(items, unit="img", desc="growth"):
+            current[0] = item[0]  # the image being segmented
+            yield item
+
+    def cells(image):
+        nonlocal unlike
+        seg = predictor.segment(image, mode)
+        if seg.look is not None and seg.look.unlike:
+            unlike += 1
+            log.warning(
+                "%s: unlike the training data (distance %.1f > %.1f): its count may be wrong",
+                current[0],
+                seg.look.distance,
+                predictor.training_look.threshold,
+            )
+        return seg.det.take(seg.det.above(predictor.score_thresh)).rles
+
+    growth = analyse(files, points, cells, progress=progress)
     for reason in growth.skipped:
         log.error("skipped: %s", reason)
     write_growth(growth, args.out)
@@ -384,6 +394,7 @@ def _growth(args) -> int:
     print(
         f"{len(growth.rows)} of {len(files)} images -> {args.out}"
         + (f"; {len(growth.skipped)} skipped (see above)" if growth.skipped else "")
+        + (f"; {unlike} unlike the training data (see above)" if unlike else "")
     )
     return 1 if growth.skipped else 0
 

@@ -32,7 +32,7 @@ from livecellseg.errors import ConfigError, LivecellsegError
 from livecellseg.images import write_labels
 from livecellseg.io import write_json
 from livecellseg.models import MODEL_NAMES, apply_inference, build_model, inference_applied
-from livecellseg.novelty import FULL, FeatureTap, Look, Region, TrainingLook
+from livecellseg.novelty import FeatureTap, Look, TrainingLook, tile_features
 from livecellseg.runtime import autocast_dtype
 from livecellseg.settings import (
     Mode,
@@ -193,7 +193,8 @@ class Predictor:
     """Segments images with one model; stitched (tiles) or whole-image inference. It returns
     every detection above `min_score`; the cells are those above `score_thresh`. With a
     `training_look` (the checkpoint's), `segment` also says how unlike the training data an
-    image is, from the features of the same forward pass (novelty.py).
+    image is (novelty.py): from the tiles' features in the forward pass itself in stitched
+    mode; in whole mode from a pass of the tiles through the backbone alone.
 
     `owned_only` (stitched mode): skip the work ownership throws away (OwnershipFilter);
     False runs every proposal through the heads, as before it existed (bench/predict.py).
@@ -338,36 +339,32 @@ class Predictor:
         for idx in by_shape.values():
             for j in range(0, len(idx), n):
                 chunk = idx[j : j + n]
-                segs = self._whole([images[i] for i in chunk], self._tap(look))
+                segs = self._whole([images[i] for i in chunk], self._tap(look) is not None)
                 for i, seg in zip(chunk, segs, strict=True):
                     out[i] = seg
         return out
 
-    def _regions(self, h: int, w: int) -> tuple[list[Window] | None, list[Region]]:
-        """The tile windows of an image and the same as fractions of it (the regions a
-        training look compares); one full-image region when it cannot be tiled."""
+    def _tile_look(self, image: np.ndarray) -> Look:
+        """The look of an image predicted whole: its tiles through the transform and the
+        backbone, as stitched mode and training see them. Pooling the whole image's feature
+        maps instead would not do: the custom model's CBAM attention pools over its whole
+        input, so a 704x520 image's features differ from its tiles' (bench/screen.py: every
+        test image flagged)."""
         s = self.settings.stitch
-        if min(h, w) < s.grid:
-            return None, [FULL]
-        windows = tile_windows(h, w, s.grid, s.window)
-        return windows, [(v.y0 / h, v.y1 / h, v.x0 / w, v.x1 / w) for v in windows]
-
-    def _look(self, features: np.ndarray, image: np.ndarray, windows) -> Look:
+        h, w = image.shape
+        windows = tile_windows(h, w, s.grid, s.window) if min(h, w) >= s.grid else None
         crops = [image[v.y0 : v.y1, v.x0 : v.x1] for v in windows] if windows else [image]
-        return self.training_look.look(features, crops)
+        look = self.training_look
+        feats = tile_features(self.model, crops, self.device, look.levels, s.batch_size)
+        return look.look(feats, crops)
 
-    def _whole(self, images: list[np.ndarray], tap: FeatureTap | None) -> list[Segmented]:
+    def _whole(self, images: list[np.ndarray], look: bool) -> list[Segmented]:
         h, w = images[0].shape
-        with (
-            inference_applied(self.model, self.whole_image_inference(h, w)),
-            tap.tapped(self.model) if tap else contextlib.nullcontext(),
-        ):
+        with inference_applied(self.model, self.whole_image_inference(h, w)):
             dets = self.forward(images)
-        windows, regions = self._regions(h, w)
-        feats = tap.pooled([regions] * len(images)) if tap else [None] * len(images)
         return [
-            Segmented(*whole_image(d.masks, d.scores), self._look(f, im, windows) if tap else None)
-            for d, f, im in zip(dets, feats, images, strict=True)
+            Segmented(*whole_image(d.masks, d.scores), self._tile_look(im) if look else None)
+            for d, im in zip(dets, images, strict=True)
         ]
 
     def _stitched(self, image: np.ndarray, tap: FeatureTap | None) -> Segmented:
@@ -401,7 +398,7 @@ class Predictor:
             nms_iou=s.nms_iou,
         )
         counts.skipped_proposals, counts.skipped = skipped
-        look = self._look(np.concatenate(feats), image, windows) if tap else None
+        look = self.training_look.look(np.concatenate(feats), crops) if tap else None
         return Segmented(det, counts, look)
 
 
