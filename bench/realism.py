@@ -5,7 +5,7 @@ radially averaged power spectrum, local binary patterns) learns to tell 128x128 
 real reference frames (../shared/reference/livecell) from tiles of generated images of the
 same size. Its cross-validated balanced accuracy is the gap: 0.5 = indistinguishable, 1.0 =
 told apart every time. Folds are grouped by source image, so no image is in train and test.
-Measured for the generator before issue 15 (bench/sample_v1.py) and the current one, on all
+Measured for a simple generator (bench/sample_v1.py) and the current one, on all
 eight cell lines and on SH-SY5Y alone (the line the references show), with intensity,
 gradient and spectrum statistics side by side and the cells per image per line.
 

@@ -1,4 +1,4 @@
-"""The sample generator before issue 15 (smooth dark ellipses with a bright rim on a flat
+"""A simple sample generator (smooth dark ellipses with a bright rim on a flat
 background, ~65 cells per image), frozen here as the baseline of bench/realism.py. Not used by
 the pipeline; copied from src/livecellseg/sample.py at commit e71e383.
 """

@@ -268,6 +268,7 @@ def _threshold_between(scores: np.ndarray, near: float) -> float:
     return float(ok[np.argmin(np.abs(ok - near))])
 
 
+@pytest.mark.slow  # a server and Chromium
 def test_app_in_a_real_browser(setup, app_url, raw_params, tmp_path):
     if CHROMIUM is None:
         pytest.skip("no Chromium: `apt-get install -y chromium` (CI installs it)")
@@ -371,6 +372,7 @@ def test_app_in_a_real_browser(setup, app_url, raw_params, tmp_path):
     assert external == []
 
 
+@pytest.mark.slow  # a server, 20 clients
 def test_twenty_concurrent_clients_through_the_api(setup, app_url, tmp_path):
     """20 sessions at once (bench/app_load.py's bounded client): uploads of 4 images and a
     non-image, each followed by /segment. No error but the non-image's message; every image

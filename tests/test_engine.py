@@ -22,6 +22,13 @@ def tiles(tmp_path_factory):
     return make_tiles(tmp_path_factory.mktemp("tiles"))
 
 
+@pytest.fixture(scope="module")
+def full(tiles, tmp_path_factory, raw_params):
+    """One uninterrupted tiny run, which the determinism and resume tests both compare with."""
+    out = tmp_path_factory.mktemp("full")
+    return out, _train(tiles, out, tiny_train_params(raw_params))
+
+
 def _train(tiles, out, params, name="custom", resume=True):
     return train_model(
         name,
@@ -42,34 +49,30 @@ def _same_weights(a, b):
     return all(torch.equal(a[k], b[k]) for k in a) and a.keys() == b.keys()
 
 
-def test_two_runs_give_identical_metrics_and_weights(tiles, tmp_path, raw_params):
-    params = tiny_train_params(raw_params)
-    s1 = _train(tiles, tmp_path / "a", params)
-    _train(tiles, tmp_path / "b", params)
-    m1 = (tmp_path / "a/live/metrics.json").read_text()
+@pytest.mark.slow  # trains
+def test_two_runs_give_identical_metrics_and_weights(tiles, full, tmp_path, raw_params):
+    a, s1 = full
+    _train(tiles, tmp_path / "b", tiny_train_params(raw_params))
+    m1 = (a / "live/metrics.json").read_text()
     assert m1 == (tmp_path / "b/live/metrics.json").read_text()
-    assert _same_weights(
-        _weights(tmp_path / "a/custom_last.pt"), _weights(tmp_path / "b/custom_last.pt")
-    )
+    assert _same_weights(_weights(a / "custom_last.pt"), _weights(tmp_path / "b/custom_last.pt"))
     for name in ("custom.pt", "custom_last.pt"):  # byte-identical: what DVC hashes
-        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
+        assert (a / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
     assert s1["epochs_done"] == 2 and s1["params"]["all_total"] == 30_958_337
-    ckpt = torch.load(tmp_path / "a/custom_last.pt", weights_only=True)
+    ckpt = torch.load(a / "custom_last.pt", weights_only=True)
     assert {"model", "optimizer", "scheduler", "epoch", "params", "versions"} <= set(ckpt)
-    best = torch.load(tmp_path / "a/custom.pt", weights_only=True)  # for prediction only
+    best = torch.load(a / "custom.pt", weights_only=True)  # for prediction only
     assert not {"optimizer", "scheduler", "scaler"} & set(best) and "params" in best
-    assert (tmp_path / "a/custom.pt").stat().st_size < 0.4 * (
-        tmp_path / "a/custom_last.pt"
-    ).stat().st_size
+    assert (a / "custom.pt").stat().st_size < 0.4 * (a / "custom_last.pt").stat().st_size
     assert ckpt["versions"]["torch"] == torch.__version__
-    assert (tmp_path / "a/live/plots/metrics/batch/loss_mask.tsv").exists()
-    assert (tmp_path / "a/live/plots/metrics/epoch/time_s.tsv").exists()
+    assert (a / "live/plots/metrics/batch/loss_mask.tsv").exists()
+    assert (a / "live/plots/metrics/epoch/time_s.tsv").exists()
     assert "time_s" not in json.loads(m1)["epoch"]  # run-to-run noise stays out of metrics
 
 
-def test_interrupted_run_resumes_to_the_same_result(tiles, tmp_path, raw_params, monkeypatch):
+@pytest.mark.slow  # trains
+def test_interrupted_run_resumes_to_the_same_result(tiles, full, tmp_path, raw_params, monkeypatch):
     params = tiny_train_params(raw_params)
-    _train(tiles, tmp_path / "full", params)
 
     real = engine.train_one_epoch
     calls = {"n": 0}
@@ -88,7 +91,7 @@ def test_interrupted_run_resumes_to_the_same_result(tiles, tmp_path, raw_params,
     summary = _train(tiles, tmp_path / "cut", params)
     assert summary["epochs_done"] == 2
     assert _same_weights(
-        _weights(tmp_path / "full/custom_last.pt"), _weights(tmp_path / "cut/custom_last.pt")
+        _weights(full[0] / "custom_last.pt"), _weights(tmp_path / "cut/custom_last.pt")
     )
     rows = (tmp_path / "cut/live/plots/metrics/epoch/train_loss.tsv").read_text().splitlines()
     assert len(rows) == 3  # header + the epoch before and the epoch after the interruption
@@ -98,6 +101,7 @@ def test_interrupted_run_resumes_to_the_same_result(tiles, tmp_path, raw_params,
     assert _train(tiles, tmp_path / "cut", changed)["epochs_done"] == 2
 
 
+@pytest.mark.slow  # trains
 def test_transfer_two_phases_offline(tiles, tmp_path, raw_params):
     params = tiny_train_params(raw_params)
     summary = _train(tiles, tmp_path, params, name="transfer")
@@ -147,6 +151,7 @@ def test_corrupt_and_foreign_checkpoints(tmp_path):
         load_checkpoint(tmp_path / "new.pt")
 
 
+@pytest.mark.slow  # trains, in two processes
 def test_ddp_two_cpu_processes(tiles, tmp_path, raw_params):
     params = tiny_train_params(raw_params, custom={"epochs": 1})
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))

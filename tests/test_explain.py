@@ -26,7 +26,9 @@ def image():
     return small_image()[0]
 
 
-@pytest.mark.parametrize("name", ["custom", "transfer"])
+@pytest.mark.parametrize(
+    "name", ["custom", pytest.param("transfer", marks=pytest.mark.slow)]  # a ResNet-50: big
+)
 def test_every_part_is_hooked_shares_sum_to_100_and_hooks_are_removed(name, image, tmp_path):
     torch.manual_seed(0)
     model = tiny_predictor(name).model

@@ -106,7 +106,7 @@ def series_dir(tmp_path_factory):
     from tests.helpers import small_image
 
     d = tmp_path_factory.mktemp("timelapse")
-    image, _ = small_image()
+    image, _ = small_image(width=96, height=72)  # small: the command runs 12 images
     for well in ("B3", "C4"):
         for field in (1, 2):
             for hours in (0, 12, 24):

@@ -91,6 +91,7 @@ def handler():
     return H
 
 
+@pytest.mark.slow  # a server on 127.0.0.1
 def test_fetch_makes_the_livecell_layout(site, tmp_path, handler):
     www, raw = site
     server, url = _serve(www, handler)
@@ -133,6 +134,7 @@ def test_a_file_that_changed_since_the_first_download_is_refused(tmp_path):
         record_sha256(tmp_path, tmp_path / "a.json")
 
 
+@pytest.mark.slow  # a server on 127.0.0.1
 def test_interrupted_download_resumes(site, tmp_path, handler):
     www, _ = site
     zip_path = www / "LIVECell_dataset_2021" / "images.zip"
@@ -151,6 +153,7 @@ def test_interrupted_download_resumes(site, tmp_path, handler):
     assert dest.read_bytes() == zip_path.read_bytes()
 
 
+@pytest.mark.slow  # a server on 127.0.0.1
 def test_server_without_range_restarts_cleanly(site, tmp_path):
     www, _ = site
     zip_path = www / "LIVECell_dataset_2021" / "images.zip"
@@ -164,6 +167,7 @@ def test_server_without_range_restarts_cleanly(site, tmp_path):
     assert dest.read_bytes() == zip_path.read_bytes()
 
 
+@pytest.mark.slow  # a server on 127.0.0.1
 def test_checksum_mismatch_is_reported(site, tmp_path, handler):
     www, _ = site
     handler.etag = "0" * 32

@@ -116,19 +116,20 @@ def test_predictor_flags_an_inverted_image_in_both_modes_without_changing_detect
     look = fit_look(x[::2], x[1::2], tiles, [50.0], levels=levels)
     predictor = Predictor(model, device, settings, look)
     image = images[0]
+    distance = {}
     for mode in ("stitched", "whole"):
         seg = predictor.segment(image, mode)
         det, counts = predictor(image, mode)  # the same detections, with or without a look
         assert [r["counts"] for r in seg.det.rles] == [r["counts"] for r in det.rles]
         assert seg.look is not None and np.isfinite(seg.look.distance)
+        distance[mode] = seg.look.distance
         odd = predictor.segment(255 - image, mode).look
         assert odd.unlike and odd.distance > seg.look.distance
     # both modes measure the image's tiles as training measured its tiles
-    whole, stitched = (predictor.segment(image, m).look.distance for m in ("whole", "stitched"))
-    assert whole == pytest.approx(stitched, rel=1e-3)
+    assert distance["whole"] == pytest.approx(distance["stitched"], rel=1e-3)
     # without a training look, or not asked for, there is none
-    assert Predictor(model, device, settings).segment(image).look is None
-    assert predictor.segment(image, look=False).look is None
+    assert Predictor(model, device, settings).segment(image, "whole").look is None
+    assert predictor.segment(image, "whole", look=False).look is None
 
 
 def test_whole_mode_batches_images_of_one_size_to_the_same_results(tiny):

@@ -154,6 +154,7 @@ def test_reaches_on_boxes_near_a_region():
     assert reaches(boxes, region, 1.0, 7.0).tolist() == [True, True, False, True]
 
 
+@pytest.mark.slow  # a model forward pass per setting
 def test_with_unlimited_reach_a_real_model_predicts_as_without_the_filter(monkeypatch):
     """The detection filter before the mask head is exact; the tile's resize to the model's
     input scale is accounted for (a random model: its proposals are anywhere)."""

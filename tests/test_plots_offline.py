@@ -62,6 +62,7 @@ def rendered_plots(html: Path) -> dict:
     return counts | {"blocked": blocked, "errors": errors}
 
 
+@pytest.mark.slow  # dvc and Chromium
 def test_dvc_plots_show_renders_offline(tmp_path):
     repo = tmp_path / "repo"
     repo.mkdir()

@@ -47,6 +47,7 @@ def _logged_steps(out, name="batch/loss.tsv"):
     return [int(r.split("\t")[0]) for r in path.read_text().splitlines()[1:] if r.strip()]
 
 
+@pytest.mark.slow  # trains
 def test_sigkill_mid_epoch_then_rerun_completes_from_the_last_checkpoint(setup):
     base, _, full = setup
     cut = base / "cut"
@@ -107,6 +108,7 @@ def test_a_kill_during_a_checkpoint_write_keeps_the_previous_checkpoint(tmp_path
     assert remove_stale_temps(path) == 1 and list(tmp_path.iterdir()) == [path]
 
 
+@pytest.mark.slow  # trains (the setup fixture)
 def test_a_truncated_checkpoint_stops_the_stage_with_one_line(setup, tmp_path):
     base, _, full = setup
     out = tmp_path / "out"

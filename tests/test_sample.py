@@ -2,6 +2,7 @@ import json
 import re
 
 import numpy as np
+import pytest
 import tifffile
 from pycocotools import mask as mask_utils
 from scipy import ndimage
@@ -81,6 +82,7 @@ def _masks(polys, height=520, width=704):
     return mask_utils.decode(rles).astype(bool)  # (H, W, N)
 
 
+@pytest.mark.slow  # renders many full-size images
 def test_cells_are_visible_crowded_and_some_images_empty():
     lines = tuple(LOOKS)
     items = list(
@@ -109,6 +111,7 @@ def test_cells_are_visible_crowded_and_some_images_empty():
     assert touching == 8 and overlapping >= 4  # as in LIVECell: crowded, some overlap
 
 
+@pytest.mark.slow  # renders many full-size images
 def test_density_mean_and_bv2_into_the_thousands():
     """Over the eight lines the mean drawn count is near LIVECell's ~300 cells per image (the
     other test checks that images hold about the count drawn); BV2 reaches over a thousand."""
@@ -129,6 +132,7 @@ def test_density_mean_and_bv2_into_the_thousands():
     assert max(bv2) > 1000 and min(bv2) > 100, bv2
 
 
+@pytest.mark.slow  # renders many full-size images
 def test_neurites_belong_to_their_cell():
     (_, _, img, polys), *_ = generate(
         n_images=1, empty_images=0, cell_lines=("SHSY5Y",), width=704, height=520, seed=2

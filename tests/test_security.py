@@ -124,6 +124,7 @@ def test_transfer_weights_load_only_tensors(tmp_path, monkeypatch):
     assert seen["weights_only"] is True and seen["check_hash"] is True
 
 
+@pytest.mark.slow  # starts the app's server
 def test_the_app_binds_to_localhost_by_default(tmp_path, monkeypatch, raw_params):
     import gradio as gr
 

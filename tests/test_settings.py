@@ -65,6 +65,7 @@ def _detections(results: list[dict]) -> list[tuple]:
     return [(r["segmentation"]["counts"], r["score"], r["bbox"], r["area"]) for r in results]
 
 
+@pytest.mark.slow  # trains (the pipeline fixture)
 def test_cli_predicts_what_stitch_predict_wrote(pipeline, tmp_path):
     params, args = pipeline
     predictor, _ = Predictor.from_checkpoint(args.checkpoint, "cpu")
@@ -82,6 +83,7 @@ def test_cli_predicts_what_stitch_predict_wrote(pipeline, tmp_path):
         assert _detections(doc["annotations"]) == _detections(mine)
 
 
+@pytest.mark.slow  # trains (the pipeline fixture)
 def test_training_records_what_the_model_saw_and_prediction_flags_what_differs(pipeline):
     import csv
 
@@ -118,6 +120,7 @@ def test_training_records_what_the_model_saw_and_prediction_flags_what_differs(p
         ("tile", "grid", 9),
     ],
 )
+@pytest.mark.slow  # trains (the pipeline fixture)
 def test_stitch_predict_refuses_a_checkpoint_trained_with_other_geometry(
     pipeline, section, key, value
 ):
@@ -128,6 +131,7 @@ def test_stitch_predict_refuses_a_checkpoint_trained_with_other_geometry(
         stitch_predict(parse_params(raw), args)
 
 
+@pytest.mark.slow  # trains (the pipeline fixture)
 def test_stitch_predict_takes_post_processing_from_params_not_the_checkpoint(pipeline, tmp_path):
     params, args = pipeline
     raw = yaml.safe_load(Path(args.params).read_text())
@@ -211,6 +215,7 @@ def test_the_default_finder_finds_defaults():
     assert _defaulted(ast.parse(code)) == [(1, "grid"), (1, "nms_iou"), (3, "window")]
 
 
+@pytest.mark.slow  # trains (the pipeline fixture)
 def test_cli_counts_the_cells_evaluate_and_growth_count(pipeline, tmp_path):
     """With default settings the CLI's count of an image is evaluate's and growth's: one
     operating threshold, recorded at training and read by the pipeline from params.yaml."""
