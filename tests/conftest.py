@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import copy
-from pathlib import Path
 
 import pytest
 import yaml
 
-from tests.helpers import ROOT, make_livecell_root
+from tests.helpers import ROOT
 
 
 @pytest.fixture(scope="session")
@@ -19,8 +18,3 @@ def raw_params() -> dict:
 @pytest.fixture
 def params_dict(raw_params) -> dict:
     return copy.deepcopy(raw_params)
-
-
-@pytest.fixture
-def livecell_root(tmp_path) -> Path:
-    return make_livecell_root(tmp_path / "raw")

@@ -1,17 +1,22 @@
-"""Test helpers: tiny data roots, tile sets, params, models and checkpoints (fixtures that use
-them are in conftest.py)."""
+"""Test helpers: tiny data roots, tile sets, params, models and checkpoints, a local HTTP
+server and headless Chromium (fixtures that use them are in conftest.py and the test modules)."""
 
 from __future__ import annotations
 
 import copy
+import http.server
 import shutil
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 
+import pytest
 import yaml
 
 from livecellseg.images import write_gray
+from livecellseg.livecell import md5sum
 from livecellseg.sample import generate, polygon_annotation, write_livecell_root
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -171,7 +176,7 @@ def build(name: str, *, pretrained_layout: bool = False, norm: str = "batch", **
 
 
 TINY_MODEL = {"min_size": 64, "max_size": 96}  # an untrained tiny model: small input scale
-TINY_PREDICT = {"rpn_pre_nms_top_n": 100, "rpn_post_nms_top_n": 50, "detections_per_img": 30}
+TINY_PREDICT = {"rpn_pre_nms_top_n": 100, "rpn_post_nms_top_n": 50, "detections_per_img": 8}
 
 
 def tiny_params(raw: dict, **predict):
@@ -305,3 +310,94 @@ def add_training_look(path: Path, images: list) -> Path:
     ckpt["look"] = fit_look(x[::2], x[1::2], crops[::2], [100.0], levels=LEVELS).record()
     torch.save(ckpt, path)
     return path
+
+
+class RangeHandler(http.server.SimpleHTTPRequestHandler):
+    """Static files with Range support, an optional wrong ETag and an optional cut-off."""
+
+    ranges_seen: list = []
+    paths_seen: list = []
+    etag: str | None = None
+    cut_after: int | None = None  # close the connection after this many body bytes
+
+    def log_message(self, *args):
+        pass
+
+    def do_GET(self):
+        type(self).paths_seen.append(self.path)
+        path = Path(self.translate_path(self.path))
+        if not path.is_file():
+            self.send_error(404)
+            return
+        data = path.read_bytes()
+        start = 0
+        rng = self.headers.get("Range")
+        if rng:
+            type(self).ranges_seen.append(rng)
+            start = int(rng.split("=")[1].split("-")[0])
+            self.send_response(206)
+            self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
+        else:
+            self.send_response(200)
+        body = data[start:]
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("ETag", f'"{self.etag or md5sum(path)}"')
+        self.end_headers()
+        if self.cut_after is not None:
+            self.wfile.write(body[: self.cut_after])
+            self.wfile.flush()
+            self.connection.shutdown(2)
+            return
+        self.wfile.write(body)
+
+
+def serve_site(www: Path, handler) -> tuple:
+    """A threaded HTTP server on 127.0.0.1 (a free port) serving `www`; (server, base URL)."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), partial(handler, directory=str(www)))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server, f"http://127.0.0.1:{server.server_port}/LIVECell_dataset_2021"
+
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+def rendered_plots(html: Path) -> dict:
+    """Open `html` in headless Chromium, no network; count drawn Vega plots and errors."""
+    if CHROMIUM is None:
+        pytest.skip("no Chromium: `apt-get install -y chromium` (CI installs it)")
+    sync_api = pytest.importorskip("playwright.sync_api", reason="pip install -e '.[dev]'")
+    blocked: list[str] = []
+    errors: list[str] = []
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        page = browser.new_page()
+
+        def route(r):
+            if r.request.url.startswith("file://"):
+                return r.continue_()
+            blocked.append(r.request.url)
+            return r.abort()
+
+        page.route("**/*", route)
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.goto(html.as_uri())
+        page.wait_for_function(
+            "document.querySelectorAll('svg.marks, canvas.marks').length > 0", timeout=30_000
+        )
+        counts = page.evaluate(
+            """() => ({
+                plots: document.querySelectorAll('svg.marks, canvas.marks').length,
+                images: [...document.images].filter(i => i.complete && i.naturalWidth > 0).length,
+                // drawn pixels: not transparent and not white, over all plot canvases
+                inked: [...document.querySelectorAll('canvas.marks')].map(c => {
+                    const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+                    let n = 0;
+                    for (let i = 0; i < d.length; i += 4)
+                        if (d[i + 3] > 0 && (d[i] < 200 || d[i + 1] < 200 || d[i + 2] < 200)) n++;
+                    return n;
+                }),
+            })"""
+        )
+        page.screenshot(path=str(html.with_suffix(".png")))
+        browser.close()
+    return counts | {"blocked": blocked, "errors": errors}

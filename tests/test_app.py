@@ -33,8 +33,7 @@ from livecellseg.app import (
 from livecellseg.errors import LivecellsegError
 from livecellseg.images import write_gray
 from livecellseg.predict import Predictor
-from tests.helpers import add_training_look, save_tiny_checkpoint, small_image
-from tests.test_plots_offline import CHROMIUM
+from tests.helpers import CHROMIUM, add_training_look, save_tiny_checkpoint, small_image
 
 
 @pytest.fixture(scope="module")
@@ -199,6 +198,7 @@ def test_the_slider_starts_at_each_checkpoints_own_threshold(setup, raw_params, 
     assert MIN_SCORE < 0.3 < MAX_SCORE
 
 
+@pytest.mark.slow  # the explanation end to end (its parts: tests/test_explain.py)
 def test_explain_returns_module_shares_and_figures(setup, tmp_path):
     root, _, _ = setup
     seg, checkpoints = Segmenter("cpu"), find_checkpoints(root / "models")

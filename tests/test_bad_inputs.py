@@ -345,9 +345,10 @@ def test_split(tmp_path_factory):
 @pytest.mark.parametrize(
     ("case", "make", "message"),
     [
-        # the checkpoint loader's stops are also met in-process by the predict command below
-        *(pytest.param(*c, id=c[0], marks=pytest.mark.slow) for c in CHECKPOINT_STOPS),
-        *(pytest.param(*c, id=c[0]) for c in STAGE_ONLY_CHECKPOINTS),
+        # a process each; the checks themselves run in-process in the predict command's cases
+        # below, tests/test_predict.py (the other model) and tests/test_settings.py (geometry)
+        pytest.param(*c, id=c[0], marks=pytest.mark.slow)
+        for c in [*CHECKPOINT_STOPS, *STAGE_ONLY_CHECKPOINTS]
     ],
 )
 def test_stitch_predict_stops_on_a_bad_checkpoint(

@@ -4,17 +4,30 @@ import json
 import os
 import subprocess
 import sys
+from functools import partial
 
 import pytest
 import torch
 import yaml
 
-from livecellseg import engine
+from livecellseg import engine, training
 from livecellseg.checkpoint import FORMAT, load_checkpoint
 from livecellseg.config import parse_params
 from livecellseg.errors import LivecellsegError
+from livecellseg.novelty import describe_training_data
 from livecellseg.training import train_model
 from tests.helpers import ROOT, make_tiles, tiny_train_params, train_custom_args
+
+
+@pytest.fixture(scope="module", autouse=True)
+def small_training_look():
+    """The description of the training data that ends a run is novelty's (tested there and in
+    test_settings): here 16 train tiles of it suffice, for every run of this module alike."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(
+            training, "describe_training_data", partial(describe_training_data, max_train_tiles=16)
+        )
+        yield
 
 
 @pytest.fixture(scope="module")

@@ -27,7 +27,8 @@ def image():
 
 
 @pytest.mark.parametrize(
-    "name", ["custom", pytest.param("transfer", marks=pytest.mark.slow)]  # a ResNet-50: big
+    "name",
+    ["custom", pytest.param("transfer", marks=pytest.mark.slow)],  # a ResNet-50: big
 )
 def test_every_part_is_hooked_shares_sum_to_100_and_hooks_are_removed(name, image, tmp_path):
     torch.manual_seed(0)

@@ -3,10 +3,7 @@
 import hashlib
 import http.server
 import shutil
-import threading
 import zipfile
-from functools import partial
-from pathlib import Path
 
 import pytest
 
@@ -16,50 +13,10 @@ from livecellseg.livecell import (
     download,
     fetch_livecell,
     index_images,
-    md5sum,
     record_sha256,
     safe_extract,
 )
-from tests.helpers import make_livecell_root
-
-
-class RangeHandler(http.server.SimpleHTTPRequestHandler):
-    """Static files with Range support, an optional wrong ETag and an optional cut-off."""
-
-    ranges_seen: list = []
-    paths_seen: list = []
-    etag: str | None = None
-    cut_after: int | None = None  # close the connection after this many body bytes
-
-    def log_message(self, *args):
-        pass
-
-    def do_GET(self):
-        type(self).paths_seen.append(self.path)
-        path = Path(self.translate_path(self.path))
-        if not path.is_file():
-            self.send_error(404)
-            return
-        data = path.read_bytes()
-        start = 0
-        rng = self.headers.get("Range")
-        if rng:
-            type(self).ranges_seen.append(rng)
-            start = int(rng.split("=")[1].split("-")[0])
-            self.send_response(206)
-            self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
-        else:
-            self.send_response(200)
-        body = data[start:]
-        self.send_header("Content-Length", str(len(body)))
-        self.send_header("ETag", f'"{self.etag or md5sum(path)}"')
-        self.end_headers()
-        if self.cut_after is not None:
-            self.wfile.write(body[: self.cut_after])
-            self.wfile.flush()
-            self.connection.shutdown(2)
-            return
-        self.wfile.write(body)
+from tests.helpers import RangeHandler, make_livecell_root, serve_site
 
 
 @pytest.fixture(scope="module")
@@ -77,12 +34,6 @@ def site(tmp_path_factory):
     return www, raw
 
 
-def _serve(www, handler):
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), partial(handler, directory=str(www)))
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    return server, f"http://127.0.0.1:{server.server_port}/LIVECell_dataset_2021"
-
-
 @pytest.fixture
 def handler():
     class H(RangeHandler):
@@ -94,7 +45,7 @@ def handler():
 @pytest.mark.slow  # a server on 127.0.0.1
 def test_fetch_makes_the_livecell_layout(site, tmp_path, handler):
     www, raw = site
-    server, url = _serve(www, handler)
+    server, url = serve_site(www, handler)
     try:
         fetch_livecell(tmp_path / "livecell", base_url=url)
         (tmp_path / "livecell" / "annotations" / ANNOTATION_FILES[1]).unlink()
@@ -140,7 +91,7 @@ def test_interrupted_download_resumes(site, tmp_path, handler):
     zip_path = www / "LIVECell_dataset_2021" / "images.zip"
     dest = tmp_path / "images.zip"
     handler.cut_after = zip_path.stat().st_size // 3
-    server, url = _serve(www, handler)
+    server, url = serve_site(www, handler)
     try:
         with pytest.raises(DataError, match="interrupted at .* run the command again to resume"):
             download(f"{url}/images.zip", dest)
@@ -159,7 +110,7 @@ def test_server_without_range_restarts_cleanly(site, tmp_path):
     zip_path = www / "LIVECell_dataset_2021" / "images.zip"
     dest = tmp_path / "images.zip"
     dest.with_name("images.zip.part").write_bytes(b"junk from an old attempt")
-    server, url = _serve(www, http.server.SimpleHTTPRequestHandler)  # ignores Range
+    server, url = serve_site(www, http.server.SimpleHTTPRequestHandler)  # ignores Range
     try:
         download(f"{url}/images.zip", dest)
     finally:
@@ -171,7 +122,7 @@ def test_server_without_range_restarts_cleanly(site, tmp_path):
 def test_checksum_mismatch_is_reported(site, tmp_path, handler):
     www, _ = site
     handler.etag = "0" * 32
-    server, url = _serve(www, handler)
+    server, url = serve_site(www, handler)
     try:
         with pytest.raises(DataError, match="checksum mismatch"):
             download(f"{url}/images.zip", tmp_path / "images.zip")

@@ -1,5 +1,6 @@
 """End to end: the DVC pipeline in a temporary copy of the project, on a tiny sample."""
 
+import contextlib
 import json
 import os
 import re
@@ -13,8 +14,7 @@ import pytest
 import yaml
 
 from livecellseg.trainlog import VARYING
-from tests.helpers import ROOT, scratch_dir
-from tests.test_livecell import RangeHandler, _serve
+from tests.helpers import ROOT, RangeHandler, scratch_dir, serve_site
 
 pytestmark = pytest.mark.slow
 # one time point: each image is a well of its own (the by-well split is tested in test_split)
@@ -119,7 +119,7 @@ def test_real_livecell_path_from_a_local_server(project, tmp_path):
         ranges_seen = []
 
     get_livecell = [sys.executable, "-m", "livecellseg.cli", "get-livecell", "data/livecell"]
-    server, url = _serve(www, H)
+    server, url = serve_site(www, H)
     try:
         _sh([*get_livecell, "--base-url", url], project)
     finally:
@@ -169,7 +169,7 @@ def _changed_stages(project: Path) -> set[str]:
     """What `dvc status` names, through DVC's API (one process start instead of one per call)."""
     from dvc.repo import Repo
 
-    with Repo(str(project)) as repo:
+    with contextlib.chdir(project), Repo(str(project)) as repo:  # names relative to the root
         status = repo.status()
     return {name for name in status if not name.startswith("data.dvc")}
 
@@ -231,7 +231,7 @@ def test_full_pipeline_twice_identical_then_an_experiment(tmp_path, raw_params):
     """dvc repro through evaluate on a tiny profile in two fresh copies: the same metrics and
     outputs to the bit. A param change reruns only the stages that read it. Then
     `dvc exp run -S model.lr=1e-4`: exp show, metrics diff and plots diff see both runs."""
-    from tests.test_plots_offline import CHROMIUM, rendered_plots
+    from tests.helpers import CHROMIUM, rendered_plots
 
     p = _tiny_project(tmp_path / "a", raw_params)
     q = _tiny_project(tmp_path / "b", raw_params)

@@ -8,9 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import ROOT
-
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+from tests.helpers import ROOT, rendered_plots
 
 
 def _dvc(cwd: Path, *args: str) -> subprocess.CompletedProcess:
@@ -18,48 +16,6 @@ def _dvc(cwd: Path, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
         [str(dvc), *args], cwd=cwd, capture_output=True, text=True, check=True, timeout=300
     )
-
-
-def rendered_plots(html: Path) -> dict:
-    """Open `html` in headless Chromium, no network; count drawn Vega plots and errors."""
-    if CHROMIUM is None:
-        pytest.skip("no Chromium: `apt-get install -y chromium` (CI installs it)")
-    sync_api = pytest.importorskip("playwright.sync_api", reason="pip install -e '.[dev]'")
-    blocked: list[str] = []
-    errors: list[str] = []
-    with sync_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
-        page = browser.new_page()
-
-        def route(r):
-            if r.request.url.startswith("file://"):
-                return r.continue_()
-            blocked.append(r.request.url)
-            return r.abort()
-
-        page.route("**/*", route)
-        page.on("pageerror", lambda e: errors.append(str(e)))
-        page.goto(html.as_uri())
-        page.wait_for_function(
-            "document.querySelectorAll('svg.marks, canvas.marks').length > 0", timeout=30_000
-        )
-        counts = page.evaluate(
-            """() => ({
-                plots: document.querySelectorAll('svg.marks, canvas.marks').length,
-                images: [...document.images].filter(i => i.complete && i.naturalWidth > 0).length,
-                // drawn pixels: not transparent and not white, over all plot canvases
-                inked: [...document.querySelectorAll('canvas.marks')].map(c => {
-                    const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
-                    let n = 0;
-                    for (let i = 0; i < d.length; i += 4)
-                        if (d[i + 3] > 0 && (d[i] < 200 || d[i + 1] < 200 || d[i + 2] < 200)) n++;
-                    return n;
-                }),
-            })"""
-        )
-        page.screenshot(path=str(html.with_suffix(".png")))
-        browser.close()
-    return counts | {"blocked": blocked, "errors": errors}
 
 
 @pytest.mark.slow  # dvc and Chromium

@@ -278,3 +278,28 @@ def test_cli_counts_the_cells_evaluate_and_growth_count(pipeline, tmp_path):
         (counts,) = list(csv.DictReader(f))
     assert 0 < int(row["cells"]) < len(written)
     assert int(row["cells"]) == evaluate_count == round(float(counts[args.out.stem]))
+
+
+def test_trained_differences_names_each_geometry_key_that_changed(raw_params):
+    """What stitch_predict refuses (tested end to end above and in test_bad_inputs): a record
+    of other anchors, input scale, normalisation, tile grid or window; post-processing is not
+    part of it."""
+    from livecellseg.settings import TRAINED_GEOMETRY, recorded_params, trained_differences
+
+    params = parse_params(raw_params)
+    record = recorded_params("custom", params)
+    assert trained_differences(record, "custom", params) == []
+    changed = dict(raw_params, predict=dict(raw_params["predict"], nms_iou=0.3))
+    assert trained_differences(record, "custom", parse_params(changed)) == []
+    for section, keys in TRAINED_GEOMETRY.items():
+        for key in keys:
+            other = {s: dict(v) if isinstance(v, dict) else v for s, v in raw_params.items()}
+            value = other[section][key]
+            if isinstance(value, list):  # anchors (px) doubled, normalisation halved
+                value = [v * 2 if isinstance(v, int) else v / 2 for v in value]
+            else:
+                value += 1
+            other[section][key] = value
+            assert trained_differences(record, "custom", parse_params(other)) == [
+                f"{section}.{key}"
+            ]
