@@ -479,6 +479,42 @@ def app_load() -> str:
     )
 
 
+def finetune(rel: str = "docs/bench/finetune.json") -> str:
+    """The human-in-the-loop loop on a line the model never saw (bench/finetune.py)."""
+    b = load(rel)
+    rows = []
+    for r in b["rows"]:
+        t, o, ft = r["test"], r["other_lines"], r.get("finetune")
+        rows.append(
+            [
+                r["corrected_images"] or "none (trained without it)",
+                f"**{f3(t['f1'])}**",
+                f3(t["precision"]),
+                f3(t["recall"]),
+                f2(t["recall_by_area"]["small"]),
+                f"{n(t['pred'])} / {n(t['gt'])}",
+                f3(o["f1"]),
+                f"{f3(ft['before']['f1'])} → {f3(ft['after']['f1'])}" if ft else "—",
+                f"{ft['seconds']:.0f} s ({ft['steps']} steps)" if ft else "—",
+            ]
+        )
+    line = line_name(b["line"])
+    return table(
+        [
+            f"{line} images corrected",
+            f"{line} test F1",
+            "precision",
+            "recall",
+            'recall, < 324 px ("small")',
+            "cells found / true",
+            "other lines' F1",
+            "held-out F1 before → after",
+            "fine-tune time",
+        ],
+        rows,
+    )
+
+
 def benchmarks() -> str:
     rows = []
     sub = load("docs/bench/subset_stream.json")
@@ -583,6 +619,7 @@ RENDERERS: dict[str, Callable[..., str]] = {
         scale,
         realism,
         app_load,
+        finetune,
         benchmarks,
     )
 }

@@ -22,14 +22,23 @@ from PIL import Image
 from livecellseg.app import (
     MAX_SCORE,
     MIN_SCORE,
+    TOOLS,
     Segmenter,
     checkpoint_defaults,
+    click,
+    close_outline,
+    editing_view,
     example_path,
     explain,
     find_checkpoints,
     find_examples,
+    finetune_corrections,
+    save_correction,
     segment,
+    start_correction,
+    undo,
 )
+from livecellseg.correct import Corrections
 from livecellseg.errors import LivecellsegError
 from livecellseg.images import write_gray
 from livecellseg.predict import Predictor
@@ -211,10 +220,90 @@ def test_explain_returns_module_shares_and_figures(setup, tmp_path):
     assert all(Path(path).is_relative_to(tmp_path) for path, _ in gallery)
 
 
+EXAMPLE = "BV2_Phase_A1_1_00d00h00m_1.tif"
+
+
+def _cell_centre(labels: np.ndarray) -> tuple[int, int]:
+    """(x, y) of a pixel deep inside some cell: the largest cell's most interior pixel."""
+    from scipy import ndimage
+
+    values, counts = np.unique(labels[labels > 0], return_counts=True)
+    cell = labels == values[np.argmax(counts)]
+    y, x = np.unravel_index(np.argmax(ndimage.distance_transform_edt(cell)), cell.shape)
+    return int(x), int(y)
+
+
+def _empty_square(labels: np.ndarray, side: int = 12) -> list[tuple[int, int]]:
+    """Corners (x, y) of a square of background, away from the image edge."""
+    h, w = labels.shape
+    for y in range(4, h - side - 4, 2):
+        for x in range(4, w - side - 4, 2):
+            if not labels[y - 2 : y + side + 3, x - 2 : x + side + 3].any():
+                return [(x, y), (x + side, y), (x + side, y + side), (x, y + side)]
+    raise AssertionError("no empty square")
+
+
+def test_correct_tab_deletes_adds_undoes_and_keeps(setup, tmp_path):
+    root, _, image = setup
+    seg, checkpoints = Segmenter("cpu"), find_checkpoints(root / "models")
+    source = example_path(find_examples(root / "examples"), EXAMPLE)
+    e = start_correction(seg, checkpoints, source, "custom (best val F1)", "whole", 0.3)
+    shown = segment(seg, checkpoints, source, "custom (best val F1)", "whole", 0.3, tmp_path)
+    assert e.name == EXAMPLE and e.cells == shown.count > 0  # what the Segment tab shows
+    x, y = _cell_centre(e.labels)
+    gone = click(e, TOOLS[0], x, y)
+    assert gone.cells == e.cells - 1 and gone.labels[y, x] == 0
+    with pytest.raises(LivecellsegError, match="no cell at"):
+        click(gone, TOOLS[0], x, y)
+    square = _empty_square(gone.labels)
+    drawing = gone
+    for px, py in square:
+        drawing = click(drawing, TOOLS[1], px, py)
+    assert drawing.points == tuple(square) and drawing.cells == gone.cells
+    png, text = editing_view(drawing, tmp_path)
+    assert png.is_file() and "outline of 4 points" in text
+    added = close_outline(drawing)
+    (sx, sy) = square[0]
+    assert added.cells == e.cells and added.points == () and added.labels[sy + 6, sx + 6] > 0
+    assert undo(added).cells == gone.cells and undo(undo(added)).cells == e.cells
+    assert undo(drawing).points == tuple(square[:-1])  # an open outline: its last point
+    with pytest.raises(LivecellsegError, match="nothing to undo"):
+        undo(e)
+    with pytest.raises(LivecellsegError, match="no image to correct"):
+        click(None, TOOLS[0], 1, 1)
+    kept = Corrections(tmp_path / "kept")
+    path, n = save_correction(added, kept)
+    assert n == 1 and tifffile.imread(path).max() == added.cells
+    with pytest.raises(LivecellsegError, match="params.yaml's finetune section"):
+        finetune_corrections(kept, checkpoints, "custom (best val F1)", None, tmp_path, "cpu")
+    with pytest.raises(LivecellsegError, match="no corrections kept yet"):
+        finetune_corrections(
+            Corrections(tmp_path / "none"),
+            checkpoints,
+            "custom (best val F1)",
+            (1, 0.5),
+            tmp_path,
+            "cpu",
+        )
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def _finetune_params(root: Path) -> Path:
+    """params.yaml with a fine-tuning budget a test can wait for (2 epochs of every tile)."""
+    import yaml
+
+    from tests.helpers import ROOT
+
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    raw["finetune"].update(epochs=2, tiles_per_epoch=0)
+    raw["train"]["device"] = "cpu"
+    (root / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    return root / "params.yaml"
 
 
 @pytest.fixture(scope="module")
@@ -238,6 +327,8 @@ def app_url(setup, tmp_path_factory):
             "1",
             "--device",
             "cpu",
+            "--params",
+            str(_finetune_params(root)),
         ],
         stdout=log,
         stderr=subprocess.STDOUT,
@@ -404,3 +495,82 @@ def test_twenty_concurrent_clients_through_the_api(setup, app_url, tmp_path):
         if "cells" in r:
             assert r["cells"] == expected[r["image"]], r
     assert log.read_text().count("predicted ") - made_before == 4  # once per image
+
+
+@pytest.mark.slow  # a server, Chromium and a fine-tuning
+def test_correct_and_finetune_in_a_real_browser(setup, app_url, tmp_path):
+    if CHROMIUM is None:
+        pytest.skip("no Chromium: `apt-get install -y chromium` (CI installs it)")
+    sync_api = pytest.importorskip("playwright.sync_api", reason="pip install -e '.[dev]'")
+    root, ckpt, image = setup
+    checkpoints = find_checkpoints(root / "models")
+    start = checkpoint_defaults(Segmenter("cpu"), checkpoints, "custom (best val F1)")
+    e = start_correction(
+        Segmenter("cpu"),
+        checkpoints,
+        str(root / "examples" / "sub" / EXAMPLE),
+        "custom (best val F1)",
+        start[1],
+        start[0],
+    )
+    x, y = _cell_centre(e.labels)
+    square = _empty_square(click(e, TOOLS[0], x, y).labels)
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        page = browser.new_page(viewport={"width": 1300, "height": 1000})
+        page.goto(app_url)
+        page.get_by_role("tab", name="Correct").click()
+        page.locator("#correct-upload input[type=file]").set_input_files(
+            root / "examples" / "sub" / EXAMPLE
+        )
+
+        def wait_text(selector: str, text: str, timeout: int = 120_000) -> str:
+            page.wait_for_function(
+                "([s, t]) => (document.querySelector(s)?.innerText || '').includes(t)",
+                arg=[selector, text],
+                timeout=timeout,
+            )
+            return page.locator(selector).inner_text()
+
+        wait_text("#correct-summary", f"{e.cells} cells")
+        img = page.locator("#correction img")
+        page.wait_for_function("() => document.querySelector('#correction img')?.naturalWidth > 0")
+
+        def click_at(px: int, py: int) -> None:  # image pixel -> where it is on the page
+            box = img.bounding_box()
+            natural = img.evaluate("i => [i.naturalWidth, i.naturalHeight]")
+            scale = min(box["width"] / natural[0], box["height"] / natural[1])
+            left = box["x"] + (box["width"] - natural[0] * scale) / 2
+            top = box["y"] + (box["height"] - natural[1] * scale) / 2
+            page.mouse.click(left + (px + 0.5) * scale, top + (py + 0.5) * scale)
+
+        click_at(x, y)
+        wait_text("#correct-summary", f"{e.cells - 1} cells")
+        page.get_by_label(TOOLS[1]).check()
+        for i, (px, py) in enumerate(square, start=1):
+            click_at(px, py)
+            wait_text("#correct-summary", f"outline of {i} points")
+        page.locator("#close-outline").click()
+        wait_text("#correct-summary", f"{e.cells} cells")
+        page.locator("#keep").click()
+        wait_text("#kept", "1 correction(s) kept")
+        href = page.locator("#correct-labels a").first.get_attribute("href")
+        labels = tifffile.imread(io.BytesIO(page.request.get(href).body()))
+        assert labels.shape == image.shape and labels.max() == e.cells
+        sx, sy = square[0]
+        assert labels[sy + 6, sx + 6] > 0 and labels[y, x] == 0
+
+        # fine-tune; meanwhile the page keeps answering (undo takes the new cell back)
+        page.locator("#finetune").click()
+        page.locator("#undo").click()
+        wait_text("#correct-summary", f"{e.cells - 1} cells")
+        assert "Held-out F1" not in page.locator("#finetune-report").inner_text()
+        report = wait_text("#finetune-report", "Held-out F1", timeout=300_000)
+        assert "1 image(s)" in report
+        href = page.locator("#finetuned a").first.get_attribute("href")
+        new = torch.load(io.BytesIO(page.request.get(href).body()), weights_only=True)
+        assert new["run"]["finetuned_from"]["checkpoint"] == "custom.pt"
+        page.get_by_role("tab", name="Segment").click()
+        page.locator("#checkpoint input").click()
+        page.get_by_role("option", name="fine-tuned on 1 image(s)").first.wait_for()
+        browser.close()

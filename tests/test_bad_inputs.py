@@ -473,6 +473,71 @@ def test_predict_command_segments_what_it_can_and_counts_what_it_skips(raw_param
     assert sorted(p.name for p in out.iterdir() if p.name.startswith(".")) == []
 
 
+# ---- livecellseg finetune: corrected label images ------------------------------------------
+
+
+def _pair(d: Path, name: str = "img", labels=None, image_name: str | None = None) -> None:
+    """An image and its label image (the image's own cells unless `labels` is given)."""
+    from tests.test_finetune import labels_of
+
+    image, polys = small_image()
+    write_gray(d / f"{image_name or name}.tif", image)
+    lab = labels_of(polys, image.shape) if labels is None else labels
+    tifffile.imwrite(d / f"{name}_labels.tif", lab)
+
+
+# (documented row, make(dir, raw params) -> checkpoint, message); every pair in dir is passed
+FINETUNE_STOPS = [
+    (
+        "label image of another size",
+        lambda d, raw: _pair(d, labels=np.ones((100, 176), np.uint16)),
+        "labels are 176x100 px, its image is 176x130",
+    ),
+    (
+        "label image that is not integer cell ids",
+        lambda d, raw: _pair(d, labels=np.full((130, 176), 0.5, np.float32)),
+        "labels must be integer cell ids",
+    ),
+    (
+        "empty label image",
+        lambda d, raw: _pair(d, labels=np.zeros((130, 176), np.uint16)),
+        "no cell is labelled (all 0)",
+    ),
+    (
+        "label image matching no image",
+        lambda d, raw: _pair(d) or _pair(d, "other", image_name="img"),
+        "other_labels.tif: matches no image",
+    ),
+    (
+        "checkpoint of another layout (finetune)",
+        lambda d, raw: _pair(d) or _other_weights(d / "model.pt", raw),
+        "weights do not fit",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("case", "make", "message"), FINETUNE_STOPS, ids=[c[0] for c in FINETUNE_STOPS]
+)
+def test_finetune_command_stops_with_one_line_and_writes_nothing(
+    case, make, message, raw_params, tmp_path, capsys
+):
+    from livecellseg.cli import main
+
+    d = tmp_path / "in"
+    d.mkdir()
+    ckpt = make(d, raw_params) or save_tiny_checkpoint(tmp_path / "model.pt", raw_params)
+    images = [str(p) for p in d.glob("*.tif") if "_labels" not in p.name]
+    args = ["finetune", *images, "--labels", *map(str, d.glob("*_labels.tif"))]
+    out = tmp_path / "out" / "new.pt"
+    args += ["--model", str(ckpt), "--out", str(out), "--params", str(ROOT / "params.yaml")]
+    assert main(args) == 1
+    err = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
+    errors = [ln for ln in err if ln.startswith("error: ")]
+    assert len(errors) == 1 and message in errors[0], err
+    assert not (tmp_path / "out").exists()
+
+
 # ---- the documentation's table --------------------------------------------------------------
 
 
@@ -483,6 +548,7 @@ def test_the_documented_table_lists_every_case():
     stops = [*SUBSET_STOPS, *PARAMS_STOPS, *CHECKPOINT_STOPS, *STAGE_ONLY_CHECKPOINTS]
     cases = {c[0] for c in stops}
     cases |= {c[0] for c in [*SKIPPED_ANNOTATIONS, *KEPT_ANNOTATIONS, *PREDICT_IMAGES]}
+    cases |= {c[0] for c in FINETUNE_STOPS}
     assert cases <= rows, sorted(cases - rows)
     others = {"too few images for the split fractions", "a cell no tile keeps"}
     assert rows - cases == others  # tested in tests/test_split.py and tests/test_tiling.py

@@ -237,8 +237,11 @@ def test_full_pipeline_twice_identical_then_an_experiment(tmp_path, raw_params):
     q = _tiny_project(tmp_path / "b", raw_params)
     _sh_together([["dvc", "repro"], p], [["dvc", "repro"], q])
     metrics = sorted(f.relative_to(p) for f in (p / "metrics").rglob("*.json"))
-    # subset, tile, anchors, two training summaries, two evaluations, growth
-    assert len(metrics) == 8
+    # subset, tile, anchors, two training summaries, two evaluations, growth, finetune
+    assert len(metrics) == 9
+    # no corrections in a fresh clone: the finetune stage says so and writes no model
+    assert json.loads((p / "metrics/finetune/metrics.json").read_text()) == {"corrections": 0}
+    assert list((p / "models/finetuned").iterdir()) == []
     for f in metrics:
         assert (p / f).read_text() == (q / f).read_text(), f
     assert _lock_outs(p) == _lock_outs(q) and len(_lock_outs(p)) >= 14

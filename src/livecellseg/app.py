@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, get_args
 
 import numpy as np
 
+from livecellseg.correct import Corrections, add_cell, cell_at, delete_cell, draw
 from livecellseg.errors import LivecellsegError
 from livecellseg.images import IMAGE_SUFFIXES, load_image
 from livecellseg.novelty import Look
@@ -45,11 +46,14 @@ from livecellseg.visualize import (
     cell_pixels,
     draw_outlines,
     gray_to_rgb,
+    label_image,
     save_png,
 )
 
 if TYPE_CHECKING:
     import pandas as pd
+
+    from livecellseg.config import FinetuneConfig
 
 log = logging.getLogger(__name__)
 
@@ -239,6 +243,13 @@ def example_path(examples: dict[str, Path], name: str | None) -> str | None:
     return str(examples[name])
 
 
+def check_controls(mode: str, score: float | None) -> None:
+    if mode not in get_args(Mode):
+        raise LivecellsegError(f"mode {mode!r}: choose one of {list(get_args(Mode))}")
+    if score is None or not MIN_SCORE <= score <= 1:
+        raise LivecellsegError(f"score threshold {score}: give a number in [{MIN_SCORE}, 1]")
+
+
 def checkpoint_defaults(
     segmenter: Segmenter, checkpoints: dict[str, Path], label: str | None
 ) -> tuple[float, Mode]:
@@ -277,10 +288,7 @@ def segment(
     the cells above `score`, downloads written under `work`."""
     source = require_image(source)
     checkpoint = checkpoint_path(checkpoints, checkpoint_label)
-    if mode not in get_args(Mode):
-        raise LivecellsegError(f"mode {mode!r}: choose one of {list(get_args(Mode))}")
-    if score is None or not MIN_SCORE <= score <= 1:
-        raise LivecellsegError(f"score threshold {score}: give a number in [{MIN_SCORE}, 1]")
+    check_controls(mode, score)
     # one directory per request kind: repeating a request rewrites, not accumulates
     key = f"{source}|{checkpoint_label}|{mode}|{score:.2f}".encode()
     out = work / hashlib.sha1(key).hexdigest()[:16]
@@ -389,6 +397,145 @@ def growth(
     return downloads[3], rows, downloads, result.skipped
 
 
+# ---- Correct: delete and add cells by hand, collect the corrections, fine-tune on them
+
+TOOLS = ("delete a cell", "add a cell: click around it")
+UNDO = 20  # edits an undo can go back
+
+
+@dataclass(frozen=True)
+class Editing:
+    """A correction in progress: the image, its labels now, the outline being clicked, and
+    the labels before each edit (undo)."""
+
+    name: str  # the image's file name
+    image: np.ndarray
+    labels: np.ndarray  # uint16, 0 background
+    points: tuple[tuple[int, int], ...] = ()
+    history: tuple[np.ndarray, ...] = ()
+
+    def edited(self, labels: np.ndarray) -> Editing:
+        return replace(self, labels=labels, points=(), history=(*self.history, self.labels)[-UNDO:])
+
+    @property
+    def cells(self) -> int:
+        return len(np.unique(self.labels)) - 1 if self.labels.any() else 0
+
+
+def start_correction(
+    segmenter: Segmenter,
+    checkpoints: dict[str, Path],
+    source: str | Path | None,
+    checkpoint_label: str | None,
+    mode: str,
+    score: float,
+) -> Editing:
+    """The image's segmentation as the Segment tab shows it (checkpoint, mode, threshold),
+    as a label image to correct."""
+    source = require_image(source)
+    checkpoint = checkpoint_path(checkpoints, checkpoint_label)
+    check_controls(mode, score)
+    image, _ = load_image(source)
+    prediction = segmenter.predict(image, checkpoint, mode)
+    view = segmenter.view(prediction, score)
+    labels = label_image(prediction.cells, prediction.detections.scores, view.keep)
+    return Editing(Path(source).name, image, labels)
+
+
+def require_editing(editing: Editing | None) -> Editing:
+    if editing is None:
+        raise LivecellsegError(
+            "no image to correct: upload one here, or segment one and press 'Correct it'"
+        )
+    return editing
+
+
+def click(editing: Editing | None, tool: str, x: float, y: float) -> Editing:
+    """A click on the image: delete the cell under it, or add a point to the outline."""
+    editing = require_editing(editing)
+    if tool == TOOLS[0]:
+        return editing.edited(delete_cell(editing.labels, x, y)[0])
+    if tool != TOOLS[1]:
+        raise LivecellsegError(f"tool {tool!r}: choose one of {list(TOOLS)}")
+    cell_at(editing.labels, x, y)  # inside the image
+    return replace(editing, points=(*editing.points, (int(x), int(y))))
+
+
+def close_outline(editing: Editing | None) -> Editing:
+    """The outline clicked so far becomes a new cell."""
+    editing = require_editing(editing)
+    return editing.edited(add_cell(editing.labels, list(editing.points))[0])
+
+
+def undo(editing: Editing | None) -> Editing:
+    """Take back the last point of an open outline, else the last edit."""
+    editing = require_editing(editing)
+    if editing.points:
+        return replace(editing, points=editing.points[:-1])
+    if not editing.history:
+        raise LivecellsegError("nothing to undo")
+    return replace(editing, labels=editing.history[-1], history=editing.history[:-1])
+
+
+def editing_view(editing: Editing, work: Path) -> tuple[Path, str]:
+    """The picture of the correction (written by rename, as the Segment tab's) and a line
+    saying where it stands."""
+    out = Path(tempfile.mkdtemp(dir=work, prefix="correct-")) / "correction.png"
+    save_png(out, draw(editing.image, editing.labels, list(editing.points)))
+    text = f"**{editing.cells} cells** in {editing.name} · {len(editing.history)} edits"
+    if editing.points:
+        text += f" · outline of {len(editing.points)} points: 'Close outline' adds the cell"
+    return out, text
+
+
+def save_correction(editing: Editing | None, corrections: Corrections) -> tuple[Path, int]:
+    """Keep the correction for fine-tuning; its label TIFF (to download) and how many are kept."""
+    editing = require_editing(editing)
+    path = corrections.save(editing.name, editing.image, editing.labels)
+    return path, len(corrections.list())
+
+
+def finetune_corrections(
+    corrections: Corrections,
+    checkpoints: dict[str, Path],
+    checkpoint_label: str | None,
+    settings: tuple[FinetuneConfig, float] | None,
+    work: Path,
+    device: str,
+) -> tuple[dict, Path, str]:
+    """Fine-tune the chosen checkpoint on the corrections kept (livecellseg.finetune, as the
+    CLI); the new checkpoint joins the app's list. Returns the report, its path and label."""
+    from livecellseg.finetune import finetune
+
+    if settings is None:
+        raise LivecellsegError(
+            "fine-tuning reads params.yaml's finetune section: start the app from the "
+            "project root or pass --params"
+        )
+    kept = corrections.list()
+    if not kept:
+        raise LivecellsegError("no corrections kept yet: correct an image and press 'Keep'")
+    checkpoint = checkpoint_path(checkpoints, checkpoint_label)
+    cfg, iou = settings
+    out = Path(tempfile.mkdtemp(dir=work, prefix="finetuned-")) / (
+        f"{checkpoint.stem}_finetuned.pt"
+    )
+    report = finetune(kept, checkpoint, out, cfg, iou_thresh=iou, device=device)
+    label = f"{checkpoint.stem} fine-tuned on {len(kept)} image(s) ({out.parent.name})"
+    checkpoints[label] = out
+    return report, out, label
+
+
+def finetune_summary(report: dict) -> str:
+    b, a = report["before"], report["after"]
+    return (
+        f"**Held-out F1 {b['f1']:.3f} → {a['f1']:.3f}** (recall {b['recall']:.3f} → "
+        f"{a['recall']:.3f}) on {report['val_tiles']} held-out tiles · {report['images']} "
+        f"image(s), {report['cells']} cells · {report['steps']} steps in "
+        f"{report['seconds']:.0f} s · the new model is in the checkpoint lists"
+    )
+
+
 @contextlib.contextmanager
 def _gradio_errors(gr):
     """A LivecellsegError becomes a gr.Error with its message; anything else is logged with
@@ -410,6 +557,7 @@ def _gradio_adapters(
     examples: dict[str, Path],
     work: Path,
     allow_folders: bool = False,
+    finetune_settings: tuple[FinetuneConfig, float] | None = None,
 ) -> SimpleNamespace:
     """The event handlers as Gradio calls them: each calls the plain function and turns its
     values into component values, its notes into gr.Warning, its errors into gr.Error."""
@@ -462,7 +610,59 @@ def _gradio_adapters(
             gr.Warning(html.escape(f"skipped: {reason}"))
         return str(plot), rows, [str(p) for p in downloads]
 
+    def shown(editing):
+        png, text = editing_view(editing, work)
+        return editing, str(png), text
+
+    def correct_(source, label, mode, score, progress=gr.Progress()):  # noqa: B008
+        progress(0.1, desc="segmenting (the first time per image and model)")
+        with _gradio_errors(gr):
+            return shown(start_correction(segmenter, checkpoints, source, label, mode, score))
+
+    def click_(editing, tool, evt):
+        with _gradio_errors(gr):
+            return shown(click(editing, tool, *evt.index[:2]))
+
+    # the class itself, not the string `from __future__ import annotations` leaves: Gradio
+    # finds the argument to fill with the click by its annotation
+    click_.__annotations__["evt"] = gr.SelectData
+
+    def close_(editing):
+        with _gradio_errors(gr):
+            return shown(close_outline(editing))
+
+    def undo_(editing):
+        with _gradio_errors(gr):
+            return shown(undo(editing))
+
+    def keep_(editing, root):
+        root = root or tempfile.mkdtemp(dir=work, prefix="corrections-")
+        with _gradio_errors(gr):
+            path, n = save_correction(editing, Corrections(Path(root)))
+        return root, str(path), f"{n} correction(s) kept for fine-tuning"
+
+    def finetune_(root, label, progress=gr.Progress(track_tqdm=True)):  # noqa: B008
+        progress(0.0, desc="fine-tuning")
+        with _gradio_errors(gr):
+            corrections = Corrections(Path(root or tempfile.mkdtemp(dir=work)))
+            report, path, new = finetune_corrections(
+                corrections,
+                checkpoints,
+                label,
+                finetune_settings,
+                work,
+                segmenter.device.type,
+            )
+        choices = gr.update(choices=list(checkpoints))
+        return finetune_summary(report), str(path), choices, choices
+
     return SimpleNamespace(
+        correct=correct_,
+        click=click_,
+        close=close_,
+        undo=undo_,
+        keep=keep_,
+        finetune=finetune_,
         segment=segment_,
         control=control,
         checkpoint=checkpoint,
@@ -482,6 +682,14 @@ GROWTH_INTRO = (
     "<crop>.tif`): cells and confluence per image, mean ± sd over positions per well, and "
     "each well's doubling time from a log-linear fit over its exponential phase."
 )
+CORRECT_INTRO = (
+    "Correct the segmentation of an image, then fine-tune the model on your corrections. "
+    "'Correct it' takes the Segment tab's image, model and threshold (or upload one here). "
+    "*Delete a cell*: click inside it. *Add a cell*: click around its outline, then 'Close "
+    "outline'. 'Keep this correction' stores it (and offers its label TIFF, which napari and "
+    "Fiji open); 'Fine-tune' trains the chosen model on every kept correction, a part held "
+    "out to measure it, and adds the new model to the checkpoint lists."
+)
 EXPLAIN_INTRO = (
     "One forward pass on the current image with hooks on the backbone stages, CBAM blocks, "
     "FPN levels, RPN and heads: each module's share of the mean absolute activation, its "
@@ -495,15 +703,20 @@ def build_app(
     examples: dict[str, Path],
     *,
     allow_folders: bool = False,
+    finetune_settings: tuple[FinetuneConfig, float] | None = None,
 ):
-    """The Gradio Blocks: Segment, Explain and Growth tabs; layout and wiring only.
-    `allow_folders`: the Growth tab reads a folder path on the server (local use only)."""
+    """The Gradio Blocks: Segment, Correct, Explain and Growth tabs; layout and wiring only.
+    `allow_folders`: the Growth tab reads a folder path on the server (local use only).
+    `finetune_settings`: params.yaml's finetune section and evaluate.iou_thresh (None: the
+    Fine-tune button says where to get them)."""
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     import gradio as gr
 
     work = Path(tempfile.mkdtemp(prefix="livecellseg-app-"))
     area_histogram(np.ones(3))  # imports pandas now, not on the first slider move
-    on = _gradio_adapters(gr, segmenter, checkpoints, examples, work, allow_folders)
+    on = _gradio_adapters(
+        gr, segmenter, checkpoints, examples, work, allow_folders, finetune_settings
+    )
     first = next(iter(checkpoints), None)
     # the page starts with the first checkpoint's score threshold and mode
     start = checkpoint_defaults(segmenter, checkpoints, first) if first else (MIN_SCORE, None)
@@ -560,6 +773,42 @@ def build_app(
                     interactive=False,
                     elem_id="downloads",
                 )
+        editing, kept_root = gr.State(None), gr.State(None)
+        with gr.Tab("Correct"):
+            gr.Markdown(CORRECT_INTRO)
+            with gr.Row():
+                with gr.Column(scale=1):
+                    correct_upload = gr.File(
+                        label="Image to correct (TIFF, PNG, JPEG)",
+                        file_types=list(IMAGE_SUFFIXES),
+                        type="filepath",
+                        elem_id="correct-upload",
+                    )
+                    correct_btn = gr.Button("Correct it", elem_id="correct-start")
+                    tool = gr.Radio(list(TOOLS), value=TOOLS[0], label="A click", elem_id="tool")
+                    with gr.Row():
+                        close_btn = gr.Button("Close outline", elem_id="close-outline")
+                        undo_btn = gr.Button("Undo", elem_id="undo")
+                    keep_btn = gr.Button("Keep this correction", elem_id="keep")
+                    labels_file = gr.File(
+                        label="Corrected label TIFF", interactive=False, elem_id="correct-labels"
+                    )
+                    kept_text = gr.Markdown(elem_id="kept")
+                    finetune_btn = gr.Button(
+                        "Fine-tune on the kept corrections", variant="primary", elem_id="finetune"
+                    )
+                    finetune_text = gr.Markdown(elem_id="finetune-report")
+                    finetuned_file = gr.File(
+                        label="Fine-tuned checkpoint", interactive=False, elem_id="finetuned"
+                    )
+                with gr.Column(scale=2):
+                    correction = gr.Image(
+                        label="Correction (click on it)",
+                        format="png",
+                        interactive=False,
+                        elem_id="correction",
+                    )
+                    correct_text = gr.Markdown(elem_id="correct-summary")
         with gr.Tab("Explain"):
             gr.Markdown(EXPLAIN_INTRO)
             explain_btn = gr.Button("Explain the current image", elem_id="explain")
@@ -628,6 +877,24 @@ def build_app(
             trigger_mode="always_last",
             **hidden,
         )
+        shown = [editing, correction, correct_text]
+        correct_upload.upload(lambda f: f, correct_upload, source, **hidden).then(
+            on.correct, inputs, shown, **hidden
+        )
+        correct_btn.click(on.correct, inputs, shown, **hidden)
+        correction.select(on.click, [editing, tool], shown, **hidden)
+        close_btn.click(on.close, editing, shown, **hidden)
+        undo_btn.click(on.undo, editing, shown, **hidden)
+        keep_btn.click(on.keep, [editing, kept_root], [kept_root, labels_file, kept_text], **hidden)
+        # one fine-tuning at a time; the other tabs go on answering meanwhile
+        finetune_btn.click(
+            on.finetune,
+            [kept_root, ckpt],
+            [finetune_text, finetuned_file, ckpt, growth_ckpt],
+            concurrency_limit=1,
+            concurrency_id="finetune",
+            **hidden,
+        )
         explain_btn.click(on.explain, [source, ckpt], [importance, gallery], api_name="explain")
         growth_btn.click(
             on.growth,
@@ -647,8 +914,13 @@ def launch(
     port: int = 7860,
     max_upload_mb: float = 20.0,
     device: str = "auto",
+    params: Path | None = None,
 ) -> None:
+    """Serve the app. `params`: the params.yaml whose finetune section the Fine-tune button
+    uses (absent: the button says so)."""
     import gradio as gr
+
+    from livecellseg.config import load_params
 
     checkpoints = find_checkpoints(models_dir)
     if not checkpoints:
@@ -658,7 +930,15 @@ def launch(
     examples = find_examples(examples_dir)
     log.info("%d checkpoints in %s, %d example images", len(checkpoints), models_dir, len(examples))
     local = host in ("127.0.0.1", "localhost", "::1")
-    demo = build_app(Segmenter(device), checkpoints, examples, allow_folders=local)
+    settings = None
+    if params is not None and Path(params).is_file():
+        p = load_params(params)
+        settings = (p.finetune, p.evaluate.iou_thresh)
+    else:
+        log.warning("%s not found: the Correct tab cannot fine-tune (pass --params)", params)
+    demo = build_app(
+        Segmenter(device), checkpoints, examples, allow_folders=local, finetune_settings=settings
+    )
     theme = gr.themes.Default(  # system fonts: the page loads nothing from the internet
         font=["ui-sans-serif", "system-ui", "sans-serif"], font_mono=["ui-monospace", "monospace"]
     )

@@ -3,6 +3,7 @@
 livecellseg predict IMAGE_OR_DIR... --model models/custom.pt [--out DIR] [--score S] [--set KEY=V]
 torchrun --nproc_per_node N -m livecellseg predict ...   (the images shared over N processes)
 livecellseg app [--models models] [--host 127.0.0.1] [--port 7860]
+livecellseg finetune IMAGE_OR_DIR... --labels LABELS_OR_DIR... --model CKPT --out NEW.pt
 livecellseg growth IMAGE_OR_DIR... --model models/custom.pt [--out DIR] [--pattern RE]
 livecellseg explain IMAGE --model models/custom.pt [--out DIR]
 livecellseg export models/custom_last.pt custom_weights.pt
@@ -29,7 +30,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.run(args)
     except LivecellsegError as e:
-        print(f"error: {e}", file=sys.stderr)
+        for line in str(e).splitlines():  # one line per file when several are at fault
+            print(f"error: {line}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
@@ -100,6 +102,44 @@ def _parser() -> argparse.ArgumentParser:
     )
     pr.set_defaults(run=_predict)
 
+    ft = sub.add_parser(
+        "finetune",
+        help="fine-tune a model on your corrected label images (human in the loop)",
+        description=(
+            "Continue training a checkpoint on corrected images: each image IMG pairs with a "
+            "label image IMG_labels.tif (what `predict` writes; edit it in napari or Fiji), "
+            "IMG_masks/IMG_cp_masks (Cellpose) or IMG.tif in another folder: uint8/16/32, 0 "
+            "background, 1..N cells. The images are tiled as the pipeline tiles, part is held "
+            "out (params.yaml finetune.holdout; a single image: its last row of tiles), and the "
+            "model trains for finetune.epochs with its recorded settings. Prints the held-out "
+            "F1 before and after; writes NEW.pt (the best epoch on the held-out part) and "
+            "NEW.json (the report). Every input is checked before anything is written."
+        ),
+    )
+    ft.add_argument("inputs", nargs="+", type=Path, metavar="IMAGE_OR_DIR", help="images corrected")
+    ft.add_argument(
+        "--labels",
+        nargs="+",
+        type=Path,
+        required=True,
+        metavar="LABELS_OR_DIR",
+        help="their corrected label images, or directories of them (paired by name)",
+    )
+    ft.add_argument("--model", type=Path, required=True, help="checkpoint to start from")
+    ft.add_argument("--out", type=Path, required=True, help="fine-tuned checkpoint to write")
+    ft.add_argument(
+        "--params",
+        type=Path,
+        default=Path("params.yaml"),
+        help="where the budget is read from, its finetune section (default: %(default)s)",
+    )
+    ft.add_argument("--epochs", type=int, help="override finetune.epochs")
+    ft.add_argument("--tiles-per-epoch", type=int, help="override finetune.tiles_per_epoch")
+    ft.add_argument("--lr-ratio", type=float, help="override finetune.lr_ratio")
+    ft.add_argument("--holdout", type=float, help="override finetune.holdout")
+    ft.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    ft.set_defaults(run=_finetune)
+
     gr = sub.add_parser(
         "growth",
         help="growth curves of time-lapse images: counts, confluence, doubling time per well",
@@ -130,7 +170,8 @@ def _parser() -> argparse.ArgumentParser:
         description=(
             "A Gradio app: upload an image (or pick an example), choose a checkpoint from "
             "--models, move the score threshold, see the overlay, count, areas; download "
-            "the label TIFF and COCO JSON; explain the model's activations. Binds to "
+            "the label TIFF and COCO JSON; correct it (delete and add cells) and fine-tune the "
+            "model on the corrections; explain the model's activations. Binds to "
             "127.0.0.1 unless --host says otherwise."
         ),
     )
@@ -159,6 +200,13 @@ def _parser() -> argparse.ArgumentParser:
         help="largest accepted upload in MB (default: %(default)s)",
     )
     ap.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    ap.add_argument(
+        "--params",
+        type=Path,
+        default=Path("params.yaml"),
+        help="its finetune section is what the Correct tab's Fine-tune button uses "
+        "(default: %(default)s)",
+    )
     ap.set_defaults(run=_app)
 
     ex = sub.add_parser(
@@ -399,6 +447,42 @@ def _growth(args) -> int:
     return 1 if growth.skipped else 0
 
 
+def finetune_settings(args):
+    """The finetune section of --params with the command's overrides, and evaluate.iou_thresh."""
+    from dataclasses import asdict
+
+    from livecellseg.config import FinetuneConfig, load_params, parse_section
+
+    params = load_params(args.params)
+    overrides = {
+        key: value
+        for key in ("epochs", "tiles_per_epoch", "lr_ratio", "holdout")
+        if (value := getattr(args, key)) is not None
+    }
+    cfg = parse_section(FinetuneConfig, asdict(params.finetune) | overrides, "finetune")
+    return cfg, params.evaluate.iou_thresh
+
+
+def _finetune(args) -> int:
+    from livecellseg.finetune import expand, finetune, pair_corrections
+    from livecellseg.io import write_json
+
+    cfg, iou = finetune_settings(args)
+    corrections = pair_corrections(expand(args.inputs), expand(args.labels))
+    report = finetune(corrections, args.model, args.out, cfg, iou_thresh=iou, device=args.device)
+    write_json(args.out.with_suffix(".json"), report)
+    b, a = report["before"], report["after"]
+    print(f"{'held-out':<10} {'F1':>6} {'precision':>9} {'recall':>6}")
+    for label, m in (("before", b), ("after", a)):
+        print(f"{label:<10} {m['f1']:6.3f} {m['precision']:9.3f} {m['recall']:6.3f}")
+    print(
+        f"{report['images']} corrected image(s), {report['cells']} cells, {report['steps']} "
+        f"steps in {report['seconds']:.0f} s -> {args.out} (report: "
+        f"{args.out.with_suffix('.json')})"
+    )
+    return 0
+
+
 def _print_table(rows: list[dict]) -> None:
     cols = ("output", "cells", "mean_area_px", "distance", "seconds", "status")
     widths = {c: max(len(c), *(len(str(r[c])) for r in rows)) for c in cols}
@@ -418,6 +502,7 @@ def _app(args) -> int:
         port=args.port,
         max_upload_mb=args.max_upload_mb,
         device=args.device,
+        params=args.params,
     )
     return 0
 

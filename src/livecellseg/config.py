@@ -291,6 +291,27 @@ class EvaluateConfig:
 
 
 @dataclass(frozen=True)
+class FinetuneConfig:
+    """Fine-tuning a trained model on a user's corrected label images (finetune.py): the CLI,
+    the app's Fine-tune button and the finetune stage."""
+
+    model: str  # the finetune stage starts from models/<model>.pt
+    epochs: int
+    tiles_per_epoch: int  # tiles drawn per epoch from the corrections' tiles (0: all)
+    lr_ratio: float  # the learning rate: this times the model's own (custom.lr; model.lr)
+    warmup_steps: int
+    holdout: float  # share of corrected images held out for val F1 (one image: a band of it)
+
+    def __post_init__(self) -> None:
+        _check(self.model in ("transfer", "custom"), "finetune.model", "transfer | custom")
+        _check(self.epochs >= 1, "finetune.epochs", "an integer >= 1")
+        _check(self.tiles_per_epoch >= 0, "finetune.tiles_per_epoch", "an integer >= 0 (0: all)")
+        _check(self.lr_ratio > 0, "finetune.lr_ratio", "a number > 0")
+        _check(self.warmup_steps >= 0, "finetune.warmup_steps", "an integer >= 0")
+        _check(0 < self.holdout < 1, "finetune.holdout", "a fraction in (0, 1)")
+
+
+@dataclass(frozen=True)
 class Params:
     seed: int
     workers: int  # processes for per-image work; 0 = one per CPU. Outputs do not depend on it.
@@ -305,6 +326,7 @@ class Params:
     custom: CustomConfig
     predict: PredictConfig
     evaluate: EvaluateConfig
+    finetune: FinetuneConfig
 
     def __post_init__(self) -> None:
         _check(self.workers >= 0, "workers", "an integer >= 0 (0: one per CPU)")
