@@ -26,7 +26,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 BLOCK = re.compile(r"(<!-- table: (?P<spec>[^>]*?) -->\n)(?P<body>.*?)(<!-- /table -->)", re.S)
 MODELS = ("custom", "transfer")
-LINE_NAMES = {"SKOV3": "SK-OV-3"}  # LIVECell's file names spell it SKOV3
+LINE_NAMES = {"SKOV3": "SK-OV-3", "SHSY5Y": "SH-SY5Y"}  # as LIVECell's file names spell them
 AREA_BINS = (
     ("0-100", "< 100"),
     ("100-200", "100–200"),
