@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import hashlib
 import json
 import platform
 import subprocess
@@ -74,13 +75,16 @@ def train_base(args, params, split: dict[str, dict], images: Path) -> Path:
     want = {
         "line": args.line,
         "params": {k: raw[k] for k in ("seed", "tile", "model", "train", "custom")},
+        "data_md5": {  # the split it trains on: a new sample trains a new base
+            s: hashlib.md5((args.split / f"{s}.json").read_bytes()).hexdigest()
+            for s in ("train", "val")
+        },
     }
-    if (
-        base.exists()
-        and stamp.exists()
-        and json.loads(stamp.read_text()) | want == json.loads(stamp.read_text())
-    ):  # the same line and training params (the stamp adds the training time)
-        return base
+    if base.exists() and stamp.exists():
+        recorded = json.loads(stamp.read_text())
+        recorded.pop("seconds", None)  # the stamp adds the training time
+        if recorded == want:
+            return base
     tiles = args.work / "tiles"
     kw = {
         "grid": params.tile.grid,

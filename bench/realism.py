@@ -6,16 +6,24 @@ real reference frames (../shared/reference/livecell) from tiles of generated ima
 same size. Its cross-validated balanced accuracy is the gap: 0.5 = indistinguishable, 1.0 =
 told apart every time. Folds are grouped by source image, so no image is in train and test.
 Measured for a simple generator (bench/sample_v1.py) and the current one, on all
-eight cell lines and on SH-SY5Y alone (the line the references show), with intensity,
+eight cell lines and on SH-SY5Y alone (the line the references show; the sample's SH-SY5Y
+as two time-lapse series imaged at the reference frames' elapsed hours), with intensity,
 gradient and spectrum statistics side by side and the cells per image per line.
 
-With --figure it writes a PNG of reference, old and new tiles side by side; with --model a
-trained checkpoint's outlines on every reference frame (PNGs in --overlays) and its cell
-count per frame (the frames are one well over 3.5 days: the count should grow).
+It also measures what makes a cell visible (bench/look.py: profiles across thin bright and
+dark lines, cell level and texture, granules, background noise) on the reference frames and
+on the sample, and with --profiles draws those profiles, the tiles' power spectra and their
+contrast side by side. With --figure it writes a PNG of reference, old and new tiles side by
+side; with --model (once or more) a trained checkpoint's outlines on every reference frame
+(PNGs in --overlays/<checkpoint name>, and with two or more, a PNG of every frame's crop under
+each model side by side, --outlines) and its cell count per frame (the frames are one well
+over 3.5 days: the count should grow).
 
     pip install -e .[bench]   # scikit-learn
     python bench/realism.py [--images 16] [--figure docs/realism.png]
-        [--model models/custom.pt --overlays realism_overlays]
+        [--profiles docs/realism_profiles.png]
+        [--model models/custom.pt [--model other.pt --outlines both.png]]
+        [--overlays realism_overlays]
 """
 
 from __future__ import annotations
@@ -35,9 +43,11 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import look  # noqa: E402
 import sample_v1  # noqa: E402
 
 from livecellseg.images import read_gray  # noqa: E402
+from livecellseg.livecell import parse_name  # noqa: E402
 from livecellseg.sample import LOOKS, generate  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -150,6 +160,7 @@ def figure(path: Path, reference, old, new, lines) -> None:
 
 
 def model_on_references(model: Path, names, reference, out: Path) -> dict[str, int]:
+    """The model's outlines on each reference frame (PNGs in `out`) and its count per frame."""
     import torch
 
     from livecellseg.predict import Predictor
@@ -168,13 +179,82 @@ def model_on_references(model: Path, names, reference, out: Path) -> dict[str, i
     return counts
 
 
+def outlines_side_by_side(path: Path, dirs: list[Path], names: list[str]) -> None:
+    """One row per reference frame: the same 200x300 crop of each model's overlay."""
+    from PIL import Image
+
+    from livecellseg.visualize import save_png
+
+    rows = []
+    for name in names:
+        crops = [
+            np.asarray(Image.open(d / f"{Path(name).stem}.png"))[160:360, 200:500] for d in dirs
+        ]
+        gap_ = np.full((200, 6, 3), 255, np.uint8)
+        rows.append(np.concatenate([x for c in crops for x in (c, gap_)][:-1], 1))
+        rows.append(np.full((6, rows[-1].shape[1], 3), 255, np.uint8))
+    save_png(path, np.concatenate(rows[:-1], 0))
+
+
+def profiles_figure(path: Path, looks: dict[str, dict], spectra: dict[str, np.ndarray]) -> None:
+    """Mean profiles across bright and dark lines, radial power spectra and tile contrast."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 4, figsize=(16, 3.6))
+    for (label, m), colour in zip(looks.items(), ("black", "tab:orange", "tab:blue"), strict=False):
+        axes[0].plot(look.OFFSETS, m["bright_profile"], color=colour, label=label)
+        axes[1].plot(look.OFFSETS, m["dark_profile"], color=colour, label=label)
+    for (label, (radii, power, stds)), colour in zip(
+        spectra.items(), ("black", "tab:orange", "tab:blue", "tab:green"), strict=False
+    ):
+        axes[2].loglog(radii, power, color=colour, label=label)
+        axes[3].hist(
+            stds,
+            bins=np.linspace(0, 20, 41),
+            histtype="step",
+            density=True,
+            color=colour,
+            label=label,
+        )
+    axes[0].set(
+        title="across bright lines (membranes, processes)", xlabel="px", ylabel="grey - median"
+    )
+    axes[1].set(title="across dark lines", xlabel="px")
+    axes[2].set(title="tile power spectrum", xlabel="cycles per 128 px", ylabel="mean power")
+    axes[3].set(title="tile contrast (grey std)", xlabel="std", ylabel="share of tiles")
+    for ax in axes:
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def tile_spectra(images: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Radii 1..63, the tiles' mean radially averaged power, and each tile's grey std."""
+    radii = np.arange(1, TILE // 2)
+    power, stds = [], []
+    for im in images:
+        for t in tiles_of(im):
+            f, r = power_spectrum(t.astype(np.float64))
+            power.append(ndimage.mean(f, labels=np.rint(r).astype(int), index=radii))
+            stds.append(t.std())
+    return radii, np.mean(power, 0), np.array(stds)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--images", type=int, default=16, help="generated images per generator")
     p.add_argument("--reference", type=Path, default=ROOT.parent / "shared/reference/livecell")
     p.add_argument("--figure", type=Path, help="PNG: reference, old and new tiles")
-    p.add_argument("--model", type=Path, help="checkpoint to outline the reference frames")
+    p.add_argument("--profiles", type=Path, help="PNG: line profiles, spectra, tile contrast")
+    p.add_argument(
+        "--model", type=Path, action="append", help="checkpoint to outline the reference frames"
+    )
     p.add_argument("--overlays", type=Path, default=Path("realism_overlays"))
+    p.add_argument("--outlines", type=Path, help="PNG: the models' outlines side by side")
     args = p.parse_args()
 
     names = sorted(f.name for f in args.reference.glob("*.tif"))
@@ -193,15 +273,18 @@ def main() -> None:
     ]
     t2 = time.perf_counter()
     shsy_old = list(sample_v1.generate_images(args.images // 2, ("SHSY5Y",), W, H, seed=1))
+    # SH-SY5Y as the reference frames are: time-lapse series imaged at their elapsed hours
+    hours = tuple(parse_name(n).hours for n in names)
     shsy_new = [
         img
         for _, _, img, _ in generate(
-            n_images=args.images // 2,
+            n_images=2 * len(hours),
             empty_images=0,
             cell_lines=("SHSY5Y",),
             width=W,
             height=H,
             seed=1,
+            hours=hours,
         )
     ]
     result = {
@@ -219,6 +302,11 @@ def main() -> None:
             "old": image_stats([im for _, im, _ in old]),
             "new": image_stats([im for _, im, _ in new]),
             "new_shsy5y": image_stats(shsy_new),
+        },
+        "look": {
+            "reference": look.measure(reference),
+            "sample_shsy5y": look.measure(shsy_new),
+            "sample": look.measure([im for _, im, _ in new]),
         },
         "cells_per_image": {
             "old": counts_per_line((line, n) for line, _, n in old),
@@ -238,10 +326,29 @@ def main() -> None:
             lines,
         )
         result["figure"] = str(args.figure)
+    if args.profiles:
+        looks = {
+            "real frames": result["look"]["reference"],
+            "sample, SH-SY5Y": result["look"]["sample_shsy5y"],
+        }
+        spectra = {
+            "real frames": tile_spectra(reference),
+            "sample, SH-SY5Y": tile_spectra(shsy_new),
+            "sample, 8 lines": tile_spectra([im for _, im, _ in new]),
+            "simple generator": tile_spectra([im for _, im, _ in old]),
+        }
+        profiles_figure(args.profiles, looks, spectra)
+        result["profiles_figure"] = str(args.profiles)
     if args.model:
-        result["model_cells_per_reference_frame"] = model_on_references(
-            args.model, names, reference, args.overlays
-        )
+        result["model_cells_per_reference_frame"] = {
+            str(m): model_on_references(m, names, reference, args.overlays / m.stem)
+            for m in args.model
+        }
+        if args.outlines and len(args.model) > 1:
+            outlines_side_by_side(
+                args.outlines, [args.overlays / m.stem for m in args.model], names
+            )
+            result["outlines_figure"] = str(args.outlines)
     print(json.dumps(result, indent=2, default=float))
 
 

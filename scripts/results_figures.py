@@ -4,7 +4,9 @@
 
 Writes docs/results_curves.png (training loss per step, val F1 per epoch against wall time,
 both models, from metrics/train_<model>/), docs/results_overlay.png (one test image: ground
-truth green, predictions magenta, each model; from plots/<model>/overlays/) and, with
+truth green, predictions magenta, each model; from plots/<model>/overlays/),
+docs/threshold_curves.png (test P, R, F1 against the score threshold, from
+plots/<model>/thresholds.csv) and, with
 --learn, docs/learning_curves.png (val F1 against wall time for each bench/learn.py run).
 """
 
@@ -65,6 +67,25 @@ def overlay(image: str, out: Path) -> None:
     fig.savefig(out, dpi=110)
 
 
+def thresholds(out: Path) -> None:
+    """Test P, R and F1 against the score threshold, each model (plots/<model>/thresholds.csv,
+    the data `dvc plots show` draws), the operating threshold marked."""
+    fig, axes = plt.subplots(1, len(MODELS), figsize=(11, 4), sharey=True)
+    for ax, name in zip(axes, MODELS, strict=True):
+        rows = [r.split(",") for r in (Path("plots") / name / "thresholds.csv").read_text().split()]
+        table = np.array([[float(x) for x in r] for r in rows[1:]])
+        for col, label in ((1, "precision"), (2, "recall"), (3, "F1")):
+            ax.plot(table[:, 0], table[:, col], "o-", ms=3, label=label)
+        best = json.loads((Path("metrics") / f"{name}.json").read_text())
+        ax.axvline(best["score_thresh"], color="grey", ls="--", lw=1, label="operating threshold")
+        ax.set(title=name, xlabel="score threshold", ylim=(0, 1))
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("test split, IoU 0.5")
+    axes[0].legend()
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+
+
 def learning_curves(runs: list[Path], out: Path) -> None:
     """Val F1 against wall time: each bench/learn.py run, and the default run (metrics/)."""
     fig, ax = plt.subplots(figsize=(9, 5))
@@ -103,6 +124,7 @@ def main() -> None:
     args.out.mkdir(exist_ok=True)
     curves(args.out / "results_curves.png")
     overlay(args.image, args.out / "results_overlay.png")
+    thresholds(args.out / "threshold_curves.png")
     if args.learn:
         learning_curves(args.learn, args.out / "learning_curves.png")
 

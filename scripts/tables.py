@@ -446,6 +446,35 @@ def realism() -> str:
     )
 
 
+def look() -> str:
+    """What makes a cell visible (bench/look.py), real frames against the sample."""
+    lk = load("docs/bench/realism.json")["look"]
+    cols = ("reference", "sample_shsy5y", "sample")
+
+    def num(v: float, fmt: str = ".1f") -> str:
+        return format(v, fmt).replace("-", "−")
+
+    rows = []
+    for label, get, fmt in (
+        ("bright line: contrast (grey)", lambda m: m["bright_line"]["contrast"], ".1f"),
+        ("bright line: width at half contrast (px)", lambda m: m["bright_line"]["width_px"], ".2f"),
+        ("bright line: flank, 1-3 px away (grey)", lambda m: m["bright_line"]["flank"], ".1f"),
+        ("dark line: contrast (grey)", lambda m: m["dark_line"]["contrast"], ".1f"),
+        ("bright line px per 1,000 px of cell", lambda m: m["bright_line_px_per_1000px"], ".1f"),
+        ("dark line px per 1,000 px of cell", lambda m: m["dark_line_px_per_1000px"], ".1f"),
+        ("cells' share of the frame", lambda m: m["cell_cover"], ".2f"),
+        ("cell level against the medium (grey)", lambda m: m["cell_level"], "+.2f"),
+        ("cell texture, std of the 2-px high pass", lambda m: m["cell_texture_std"], ".1f"),
+        ("dark granules per 1,000 px of cell", lambda m: m["dark_spots_per_1000px"], ".1f"),
+        ("bright granules per 1,000 px of cell", lambda m: m["bright_spots_per_1000px"], ".1f"),
+        ("background noise std (grey)", lambda m: m["background_std"], ".2f"),
+    ):
+        rows.append([label, *(num(get(lk[c]), fmt) for c in cols)])
+    return table(
+        ["measured (bench/look.py)", "real frames", "sample, SH-SY5Y", "sample, 8 lines"], rows
+    )
+
+
 def app_load() -> str:
     rows = []
     for mode in ("whole", "stitched"):
@@ -618,6 +647,7 @@ RENDERERS: dict[str, Callable[..., str]] = {
         predict,
         scale,
         realism,
+        look,
         app_load,
         finetune,
         benchmarks,

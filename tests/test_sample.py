@@ -1,3 +1,4 @@
+import dataclasses
 import json
 import re
 
@@ -6,16 +7,20 @@ import pytest
 import tifffile
 from pycocotools import mask as mask_utils
 from scipy import ndimage
-from skimage.morphology import convex_hull_image
 
 from livecellseg.livecell import index_images, parse_name
 from livecellseg.sample import (
     LOOKS,
     MIN_CELL_PIXELS,
+    PROCESS_BASE,
+    Cell,
     Series,
+    claim_pixels,
+    dead_clumps,
     draw_cells,
     generate,
     grow_cells,
+    grow_neurites,
     layout,
 )
 from tests.helpers import make_livecell_root
@@ -134,17 +139,42 @@ def test_density_mean_and_bv2_into_the_thousands():
     assert max(bv2) > 1000 and min(bv2) > 100, bv2
 
 
-@pytest.mark.slow  # renders many full-size images
-def test_neurites_belong_to_their_cell():
+def test_processes_are_drawn_but_only_their_base_is_annotated():
+    """LIVECell outlines a neuron's soma, lamella and the base of its processes; the rest of
+    a process is drawn (a thin bright line) but is not part of the mask."""
+    rng = np.random.default_rng(0)
+    cell = Cell(60, 60, 9.0, 1.0, 0.0, np.zeros((3, 2)), False, False, 4)
+    owner = claim_pixels([cell], [0], 120, 120)
+    soma = owner == 0
+    process = grow_neurites(rng, [cell], owner, np.full_like(owner, -1), length=40)
+    from_soma = ndimage.distance_transform_edt(~soma)
+    base = (owner == 0) & ~soma
+    assert base.any() and from_soma[base].max() <= PROCESS_BASE + 2
+    drawn = process > 0
+    assert from_soma[drawn].max() > PROCESS_BASE + 15  # the process goes on, unannotated
+    assert not (drawn & soma).any()  # a process is drawn outside its cell, not across it
+
+
+def test_membranes_are_thin_bright_lines_and_dead_clumps_are_not_annotated():
     (_, _, img, polys), *_ = generate(
-        n_images=1, empty_images=0, cell_lines=("SHSY5Y",), width=704, height=520, seed=2
+        n_images=1, empty_images=0, cell_lines=("SHSY5Y",), width=352, height=260, seed=3
     )
-    masks = _masks(polys)
-    # a neurite makes a mask far from convex: its area is a small share of its hull's
-    solidity = []
-    for m in masks.transpose(2, 0, 1):
-        solidity.append(m.sum() / convex_hull_image(m).sum())
-    assert sum(s < 0.5 for s in solidity) >= 5, sorted(solidity)[:10]
+    masks = _masks(polys, 260, 352)
+    union = masks.any(-1)
+    outline = union & ~ndimage.binary_erosion(union)
+    inner = ndimage.binary_erosion(union, iterations=3)
+    far = ~ndimage.binary_dilation(union, iterations=8)
+    grey = img.astype(float)
+    # the membrane: a bright line on the outline, brighter than both the medium and the
+    # cell's inside (not a dark body with a halo)
+    assert grey[outline].mean() > grey[far].mean() + 2 > grey[inner].mean() + 2
+
+    look = LOOKS["SHSY5Y"]
+    cells = draw_cells(rng := np.random.default_rng(1), look, 60, 260, 352)
+    owner = claim_pixels(cells, list(range(len(cells))), 260, 352)
+    dead = dead_clumps(rng, dataclasses.replace(look, dead=20.0), owner, owner, len(cells))
+    assert (dead > 0).sum() > 50  # drawn ...
+    assert not ((dead > 0) & (owner != -1)).any()  # ... only where no annotated cell is
 
 
 def test_layout_of_the_time_lapse_series():

@@ -114,7 +114,7 @@ class TileConfig:
 @dataclass(frozen=True)
 class ModelConfig:
     """Shared by both models: what shapes their weights (input scale, anchors, normalisation,
-    RoI sampling) and `lr` (see README, 'Experiments'). What is done after the network is
+    RoI sampling) and `lr` (see docs/experiments.md). What is done after the network is
     `PredictConfig`'s."""
 
     lr: float  # the transfer model's SGD learning rate (phase 1; phase 2 scales it)
@@ -389,7 +389,9 @@ def _build(cls: type, raw: Any, prefix: str) -> Any:
     missing = [n for n in names if n not in raw]
     if missing:
         key = f"{prefix}.{missing[0]}" if prefix else missing[0]
-        raise ConfigError(f"params.yaml: missing key '{key}'; add it (see README, 'Parameters')")
+        raise ConfigError(
+            f"params.yaml: missing key '{key}'; add it (see docs/experiments.md, Parameters)"
+        )
     values = {n: _convert(raw[n], hints[n], f"{prefix}.{n}" if prefix else n) for n in names}
     return cls(**values)
 

@@ -149,7 +149,7 @@ def parse_name(file_name: str, pattern: str | None = None) -> TimePoint:
         )
         raise LivecellsegError(
             f"{file_name}: name does not follow {shape}; pass --pattern with named groups "
-            "well and hours (README, Growth curves)"
+            "well and hours (docs/using.md, Growth curves)"
         )
     g = m.groupdict()
     hours = float(g["hours"]) + 24 * float(g.get("days") or 0) + float(g.get("minutes") or 0) / 60

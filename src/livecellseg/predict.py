@@ -127,7 +127,7 @@ class OwnershipFilter:
     owned box gets no mask (exact: stitching would drop it). Its box comes from a proposal
     within PROPOSAL_REACH, so a proposal whose box grown by that, and by the mask's reach,
     misses the owned box skips the box head. This one assumes the box head keeps its
-    training (a detection has IoU >= 0.5 with its proposal); the README gives what it
+    training (a detection has IoU >= 0.5 with its proposal); docs/performance.md gives what it
     changes on the sample. `owned[i]` is batch image i's owned box in its pixels.
     """
 
@@ -199,7 +199,7 @@ class Predictor:
     `owned_only` (stitched mode): skip the work ownership throws away (OwnershipFilter);
     False runs every proposal through the heads, as before it existed (bench/predict.py).
     `cpu_bf16`: bfloat16 autocast on a CPU. Off by default: on the sample it moved F1 and AP
-    by more than 0.005 (README, Performance); on CUDA, `train.amp` gives float16 autocast.
+    by more than 0.005 (docs/performance.md); on CUDA, `train.amp` gives float16 autocast.
     """
 
     owned_only: bool = True

@@ -8,19 +8,22 @@ How an image is made (`render_image`), each step drawn per cell line from `LOOKS
    (epithelial lines); some round cells come in dividing pairs.
 2. Shapes: each cell claims the pixels inside its radial outline (ellipse with harmonic
    wobble); where outlines meet, the cell nearer relative to its size wins, so crowded cells
-   press into polygons as in a confluent monolayer. Neurites (SH-SY5Y; a few in A172, BV2, SK-OV-3)
-   grow as branching random walks from the soma into free space and belong to their cell's
-   mask, as LIVECell annotates them.
-3. Annotation: the outline of each cell's mask becomes its polygon, and the mask is
-   re-rasterised from that polygon (pycocotools, as evaluation does): the image is drawn from
-   exactly what the annotation says.
-4. Optics, in a simple form of phase contrast: a thickness map (flat lamellae with a steep edge,
-   a domed nucleus with nucleoli, granular cytoplasm, thick round cells, thin neurites) is
-   high-passed at two scales: dark where thick, a bright halo outside whose width and strength
-   grow with thickness; a relief term shades edges. Out-of-focus cells are blurred; debris
-   (not annotated) and an illumination gradient are added; slow shading is then removed and
-   the mean set to 128 (LIVECell's frames are flat-field corrected), and camera noise matched
-   to the reference frames (std and neighbour correlation of their background) is added.
+   press into polygons as in a confluent monolayer. Processes (SH-SY5Y; a few in A172, BV2,
+   SK-OV-3) grow as branching, gently turning walks from the soma into free space.
+3. Annotation, as LIVECell outlines cells: a cell's mask is the whole cell, its flat lamella
+   and the base of its processes (`PROCESS_BASE` px), not the rest of a process. The outline
+   of each mask becomes its polygon, and the mask is re-rasterised from that polygon
+   (pycocotools, as evaluation does): the image is drawn from exactly what the annotation
+   says. Clumps of dead round cells and debris are drawn but not annotated (`dead_clumps`).
+4. Optics, fitted to the real reference frames (bench/look.py measures them; the constants
+   below set the contrasts): a flat cell is seen by its membrane, a thin bright line with
+   dark flanks along its outline, over a lamella about as grey as the medium; its body, round
+   the nucleus, is thicker (darker, a faint halo) and carries granules; processes are thin
+   bright lines thinning to their tips; round (thick, dividing, floating) cells are dark with
+   a bright halo; out-of-focus cells are blurred. Debris and an illumination gradient are
+   added; slow shading is then removed and the mean set to 128 (LIVECell's frames are
+   flat-field corrected), and camera noise matched to the reference frames' background (std,
+   neighbour correlation, the sensor's row pattern) is added.
 5. Time-lapse (`layout`, `grow_cells`): as LIVECell's Incucyte frames, the images are series
    of one position in a well at several elapsed times, named as LIVECell names them. The same
    cells move a little from frame to frame and divide: the count grows as
@@ -56,12 +59,28 @@ LIVECELL_DUPLICATES = (("train", 0, "train"), ("train", 1, "val"), ("test", 0, "
 LIVECELL_AREA = 704 * 520  # densities are per LIVECell image
 MIN_CELL_PIXELS = 12  # a sliver at the border: not a cell anyone would annotate
 FLAT_FIELD_SIGMA = 10.0  # px
+PROCESS_BASE = 6  # px of a process inside its cell's outline
+# the optics, set so that the sample's tiles match the reference frames (bench/realism.py)
+MEMBRANE_CONTRAST = 42.0  # grey levels of a membrane line (before its high pass)
+MEMBRANE_BLUR = 0.5  # px, the membrane line's blur
+MEMBRANE_FLANK = 1.2  # px, the high pass that gives the line its dark flanks
+SPOT_CONTRAST = 14.0  # grey levels of a granule
+SPOTS_PER_PX = 0.054  # granules per px of a flat cell (times the line's texture)
+BODY_CONTRAST = 22.0  # grey levels per unit of thickness of a flat cell's body
+LAMELLA_TEXTURE = 0.2  # the lamellae's fine texture, in thickness units
+ROUND_CONTRAST = 14.0  # grey levels per unit of thickness of a round cell
+PROCESS_CONTRAST = 0.56  # a process's line against a membrane's
+BODY_BROAD = 0.65  # the body's broad (5 px) darkening against its fine one
+BODY_SIZE = 0.4  # the body's radius, share of the cell's
+LAMELLA_GRAIN = 1.0  # px, the scale of the lamellae's texture
+ROW_NOISE = 0.2  # grey levels: each row's own offset (std)
+ROW_ALTERNATION = 0.4  # grey levels: even against odd rows, at most
 
 
 @dataclass(frozen=True)
 class CellLineLook:
-    radius: float  # mean equivalent radius of a free cell, px
-    radius_sd: float
+    radius: float  # median equivalent radius of a free cell, px
+    radius_sd: float  # its spread (log-normal: sd of the log radius = radius_sd / radius)
     elongation: float  # max axis ratio
     irregularity: float  # amplitude of the outline's harmonics, fraction of the radius
     n_cells: tuple[int, int]  # cells per 704x520 image, log-uniform min..max
@@ -72,6 +91,7 @@ class CellLineLook:
     neurites: float  # mean neurites per flat cell
     neurite_len: float  # mean neurite length, px
     doubling_h: float  # the time-lapse series' doubling time, hours
+    dead: float = 1.0  # clumps of dead round cells per 100 cells (drawn, not annotated)
 
 
 # From LIVECell's paper and images: A172 large, spread, irregular; BT474/MCF7 compact clusters;
@@ -84,7 +104,7 @@ LOOKS: dict[str, CellLineLook] = {
     "BV2": CellLineLook(6.5, 1.2, 1.35, 0.10, (150, 2800), 1.0, 0.55, 1.3, 0.6, 0.15, 8, 20),
     "Huh7": CellLineLook(15, 3, 1.5, 0.18, (40, 550), 9.0, 0.05, 0.9, 1.3, 0.0, 0, 30),
     "MCF7": CellLineLook(12, 2.5, 1.5, 0.14, (60, 900), 12.0, 0.06, 1.0, 1.1, 0.0, 0, 40),
-    "SHSY5Y": CellLineLook(8, 1.6, 1.6, 0.20, (40, 600), 2.5, 0.30, 1.6, 1.1, 3.0, 45, 48),
+    "SHSY5Y": CellLineLook(9.7, 3.0, 2.0, 0.28, (40, 600), 1.8, 0.30, 1.6, 1.1, 3.5, 73, 48, 3.0),
     "SkBr3": CellLineLook(9, 1.8, 1.3, 0.10, (70, 1000), 6.0, 0.45, 1.2, 1.0, 0.0, 0, 56),
     "SKOV3": CellLineLook(18, 4, 2.8, 0.22, (25, 400), 1.0, 0.05, 0.7, 1.0, 0.2, 15, 44),
 }
@@ -109,10 +129,17 @@ def new_cell(rng: np.random.Generator, look: CellLineLook, cy: float, cx: float)
     return Cell(
         cy,
         cx,
-        max(3.0, rng.normal(look.radius, look.radius_sd)) * (0.75 if is_round else 1.0),
+        max(3.0, look.radius * np.exp(rng.normal(0, look.radius_sd / look.radius)))
+        * (0.75 if is_round else 1.0),
         1.0 if is_round else rng.uniform(1.0, look.elongation),
         rng.uniform(0, np.pi),
-        np.stack([look.irregularity * rng.normal(0, 1, 3), rng.uniform(0, 2 * np.pi, 3)], 1),
+        np.stack(
+            [
+                look.irregularity * (0.3 if is_round else 1.0) * rng.normal(0, 1, 3),
+                rng.uniform(0, 2 * np.pi, 3),
+            ],
+            1,
+        ),
         is_round,
         is_round and rng.random() < 0.15,
         0 if is_round else int(rng.poisson(look.neurites)),
@@ -248,37 +275,42 @@ def grow_neurites(
     top: np.ndarray,
     length: float,
 ) -> np.ndarray:
-    """Branching random walks from each soma into free space, 2 px wide, claimed by their
-    cell in `owner`; a walk stops at another cell (of either map) or the border. Returns the
-    neurite pixels."""
+    """Processes: branching, gently turning walks from each soma into free space, 1 px wide;
+    a walk stops at another cell (of either map) or the border. The first `PROCESS_BASE` px
+    of each (2 px wide) are claimed by their cell in `owner`: LIVECell's outlines take in a
+    process's base, not the whole process. Returns the process strength map (1 at the base,
+    thinning to 0.3 at the tip), which the optics draw as a thin bright line."""
     height, width = owner.shape
-    neurite = np.zeros(owner.shape, bool)
+    process = np.zeros(owner.shape, np.float32)
     for i, c in enumerate(cells):
         walkers = [
-            (c.cy, c.cx, rng.uniform(0, 2 * np.pi), max(6.0, rng.normal(length, length / 3)))
+            (c.cy, c.cx, rng.uniform(0, 2 * np.pi), max(6.0, rng.normal(length, length / 3)), 0)
             for _ in range(c.n_neurites)
         ]
         while walkers:
-            y, x, angle, left = walkers.pop()
-            steps, branched = int(left), False
+            y, x, angle, left, done = walkers.pop()
+            steps, branched, outside = int(left), False, 0
             for s in range(steps):
-                angle += rng.normal(0, 0.22)
+                angle += rng.normal(0, 0.08)
                 y, x = y + np.sin(angle), x + np.cos(angle)
                 iy, ix = int(y), int(x)
                 if not (0 <= iy < height - 1 and 0 <= ix < width - 1):
                     break
-                patch = owner[iy : iy + 2, ix : ix + 2]
-                if ((patch != -1) & (patch != i)).any() or (
-                    top[iy : iy + 2, ix : ix + 2] != -1
-                ).any():
+                if (top[iy, ix] != -1) or owner[iy, ix] not in (-1, i):
                     break
-                if (patch == -1).any():
-                    neurite[iy : iy + 2, ix : ix + 2] |= patch == -1
+                if not outside and owner[iy, ix] != -1:
+                    continue  # still inside its own cell
+                outside += 1  # steps since it left the cell
+                if done + outside <= PROCESS_BASE:  # the base: part of the cell's mask
+                    patch = owner[iy : iy + 2, ix : ix + 2]
                     patch[patch == -1] = i
+                process[iy, ix] = max(process[iy, ix], 1.0 - 0.7 * s / max(steps, 1))
                 if not branched and s > steps / 3 and rng.random() < 0.02:
                     branched = True
-                    walkers.append((y, x, angle + rng.choice((-1, 1)) * 0.7, (steps - s) * 0.7))
-    return neurite
+                    walkers.append(
+                        (y, x, angle + rng.choice((-1, 1)) * 0.7, (steps - s) * 0.7, PROCESS_BASE)
+                    )
+    return process
 
 
 def outline_polygon(mask: np.ndarray, y0: int, x0: int) -> np.ndarray | None:
@@ -320,12 +352,14 @@ def render_image(
     # as LIVECell's annotations have them); cells of one kind press against each other
     owner = claim_pixels(cells, [i for i, c in enumerate(cells) if not c.round], height, width)
     top = claim_pixels(cells, [i for i, c in enumerate(cells) if c.round], height, width)
-    neurite = grow_neurites(rng, cells, owner, top, look.neurite_len)
+    process = grow_neurites(rng, cells, owner, top, look.neurite_len)
 
-    flat = np.zeros((height, width), np.float32)  # thickness of flat cells and neurites
+    flat = np.zeros((height, width), np.float32)  # thickness of flat cells' bodies
+    membrane = np.zeros((height, width), np.float32)  # thin bright lines: outlines, processes
     thick = np.zeros((height, width), np.float32)  # round cells: wider, stronger halo
     blurred = np.zeros((height, width), np.float32)  # out of focus
-    cytoplasm = np.zeros((height, width), bool)
+    spots = np.zeros((height, width), np.float32)  # granules of the cell bodies
+    lamella = np.zeros((height, width), bool)  # where any flat cell is
     polygons = []
     flat_boxes, top_boxes = ndimage.find_objects(owner + 1), ndimage.find_objects(top + 1)
     for i, c in enumerate(cells):
@@ -348,25 +382,24 @@ def render_image(
             t = 3.2 * h * np.sqrt(depth) * (1 - 0.55 * depth**2)
             (blurred if c.defocus else thick)[box] += t * mask
             continue
-        body = mask & ~neurite[box]
-        t = 0.5 * h * (1 - np.exp(-edt / 1.2))  # a flat lamella with a steep edge
-        t = np.where(edt <= 1, 0.15 * h, t)  # its membrane: a line also between touching cells
-        yy, xx = np.nonzero(body)
-        if yy.size:
-            cy, cx = yy.mean(), xx.mean()
-            rn = 0.45 * np.sqrt(body.sum() / np.pi)
-            gy, gx = np.mgrid[0 : mask.shape[0], 0 : mask.shape[1]]
-            d2 = ((gy - cy) ** 2 + (gx - cx) ** 2) / rn**2
-            t = t + 0.5 * h * np.exp(-d2) * body  # the nucleus
-            for _ in range(rng.integers(1, 4)):  # nucleoli
-                ny, nx = cy + rng.normal(0, rn / 3), cx + rng.normal(0, rn / 3)
-                t = t + 0.25 * h * np.exp(-((gy - ny) ** 2 + (gx - nx) ** 2) / 1.5) * body
-        t = np.where(neurite[box] & mask, 0.5 * h, t)
-        flat[box] += t * mask
-        cytoplasm[box] |= body
+        # a flat cell: a lamella about as grey as the medium, seen by its membrane (a thin
+        # bright line along the outline), and a thicker, granular body round its nucleus
+        outline = ndimage.binary_opening(np.pad(mask, 2)) | np.pad(mask & (edt > 1), 2)
+        soft = ndimage.gaussian_filter(outline.astype(np.float32), MEMBRANE_BLUR)[2:-2, 2:-2]
+        membrane[box] += rng.uniform(0.5, 1.3) * 2.5 * np.hypot(*np.gradient(soft))
+        yy, xx = np.nonzero(mask)
+        cy, cx = yy.mean(), xx.mean()
+        rn = BODY_SIZE * np.sqrt(mask.sum() / np.pi)
+        gy, gx = np.mgrid[0 : mask.shape[0], 0 : mask.shape[1]]
+        body = np.exp(-((gy - cy) ** 2 + (gx - cx) ** 2) / rn**2) * mask
+        flat[box] += h * (0.15 * np.minimum(edt / 2, 1) * mask + 0.6 * body)
+        lamella[box] |= mask
+        n_spots = rng.poisson(look.texture * SPOTS_PER_PX * mask.sum())
+        if n_spots:
+            k = rng.choice(yy.size, n_spots, p=body[yy, xx] / body[yy, xx].sum())
+            np.add.at(spots[box], (yy[k], xx[k]), rng.normal(-1.0, 1.0, n_spots))
 
-    granules = _smooth_noise(rng, (height, width), 0.6)
-    flat += 0.15 * look.texture * look.thickness * granules * cytoplasm
+    dead = dead_clumps(rng, look, owner, top, len(polygons))
     debris = np.zeros((height, width), np.float32)
     for _ in range(rng.integers(3, 30)):
         y, x = rng.integers(0, height), rng.integers(0, width)
@@ -376,12 +409,20 @@ def render_image(
     def highpass(phase, sigma):
         return phase - ndimage.gaussian_filter(phase, sigma)
 
-    thick += ndimage.gaussian_filter(blurred, 2.0)
+    thick += ndimage.gaussian_filter(blurred, 2.0) + dead
+    # the lamellae's own faint texture (folds, vesicles), measured inside real cells
+    flat += (
+        LAMELLA_TEXTURE
+        * look.thickness
+        * _smooth_noise(rng, (height, width), LAMELLA_GRAIN)
+        * lamella
+    )
+    lines = membrane + ndimage.gaussian_filter(PROCESS_CONTRAST * process, 0.5)
     image = (
-        -55 * highpass(flat, 1.5)
-        - 4 * highpass(flat, 5.0)
-        - 30 * highpass(thick, 2.0)
-        - 15 * highpass(thick, 1.0)
+        MEMBRANE_CONTRAST * highpass(lines, MEMBRANE_FLANK)
+        - BODY_CONTRAST * (highpass(flat, 1.5) + BODY_BROAD * highpass(flat, 5.0))
+        - ROUND_CONTRAST * (highpass(thick, 2.0) + 0.6 * highpass(thick, 1.0))
+        + SPOT_CONTRAST * ndimage.gaussian_filter(spots, 0.7)
     )
     relief = ndimage.gaussian_filter(flat + 0.5 * thick, 1.0)
     image += 12 * (np.gradient(relief, axis=0) + np.gradient(relief, axis=1))
@@ -390,10 +431,43 @@ def render_image(
     image += gy * (yy / height - 0.5) + gx * (xx / width - 0.5) + debris
     # LIVECell's frames are flat-field corrected: slow shading is gone, mean grey is 128
     image -= ndimage.gaussian_filter(image, FLAT_FIELD_SIGMA)
-    # camera noise as measured on the reference frames' background (pixels with no cell
-    # within 4 px): std 1.0, neighbours correlated ~0.15
-    image += _smooth_noise(rng, (height, width), 0.4) + 128
+    image += camera_noise(rng, height, width) + 128
     return np.clip(np.rint(image), 0, 255).astype(np.uint8), polygons
+
+
+def camera_noise(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
+    """The camera's noise as measured on the reference frames' background (pixels with no
+    cell within 6 px, bench/look.py): std 1.0, neighbours correlated ~0.1, and a row
+    pattern of the sensor's read-out: each row offset by N(0, ROW_NOISE), even and odd rows
+    apart by a per-frame amount (the frames' spectra peak at the vertical Nyquist frequency)."""
+    rows = rng.normal(0, ROW_NOISE, height) + rng.uniform(-1, 1) * ROW_ALTERNATION * (
+        np.arange(height) % 2 * 2 - 1
+    )
+    return _smooth_noise(rng, (height, width), 0.4) + rows[:, None].astype(np.float32)
+
+
+def dead_clumps(
+    rng: np.random.Generator, look: CellLineLook, owner: np.ndarray, top: np.ndarray, n: int
+) -> np.ndarray:
+    """Thickness of clumps of dead, round, granular cells in free space: drawn, not
+    annotated (LIVECell leaves them out). About `look.dead` clumps per 100 cells."""
+    height, width = owner.shape
+    out = np.zeros((height, width), np.float32)
+    free = (owner == -1) & (top == -1)
+    for _ in range(rng.poisson(look.dead * n / 100)):
+        y, x = rng.uniform(0, height), rng.uniform(0, width)
+        for _ in range(rng.integers(2, 9)):
+            r = rng.uniform(2.0, 3.5)
+            by, bx = y + rng.normal(0, 3.5), x + rng.normal(0, 3.5)
+            y0, y1 = max(int(by - r) - 1, 0), min(int(by + r) + 2, height)
+            x0, x1 = max(int(bx - r) - 1, 0), min(int(bx + r) + 2, width)
+            if y0 >= y1 or x0 >= x1:
+                continue
+            gy, gx = np.mgrid[y0:y1, x0:x1]
+            d = np.hypot(gy + 0.5 - by, gx + 0.5 - bx) / r
+            blob = np.clip(1 - d**2, 0, None) * free[y0:y1, x0:x1]
+            out[y0:y1, x0:x1] += 2.5 * blob * rng.uniform(0.6, 1.4, blob.shape)
+    return out
 
 
 def sample_file_name(cell_line: str, well: str, position: int, hours: float) -> str:

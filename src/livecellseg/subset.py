@@ -122,7 +122,7 @@ def build_subset(
         if not f.is_file():
             raise DataError(
                 f"{f}: annotation file not found; for data.source=livecell fetch the data "
-                "(README, 'Real LIVECell'), or fix subset.annotation_files"
+                "(docs/livecell.md, Download), or fix subset.annotation_files"
             )
     entries, by_file, categories = read_image_entries(files)
     groups: dict[str, list[dict]] = {}
