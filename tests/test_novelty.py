@@ -4,6 +4,7 @@ trip, and the Predictor's use of it in both modes (tiny untrained model)."""
 import numpy as np
 import pytest
 import torch
+from scipy import ndimage
 
 from livecellseg.models import build_model
 from livecellseg.novelty import (
@@ -103,7 +104,7 @@ def tiny():
     return model, images
 
 
-def test_predictor_flags_an_inverted_image_in_both_modes_without_changing_detections(tiny):
+def test_predictor_flags_an_out_of_focus_image_in_both_modes_without_changing_detections(tiny):
     model, images = tiny
     device = torch.device("cpu")
     settings = tiny_predict_settings(batch_size=7)
@@ -123,7 +124,8 @@ def test_predictor_flags_an_inverted_image_in_both_modes_without_changing_detect
         assert [r["counts"] for r in seg.det.rles] == [r["counts"] for r in det.rles]
         assert seg.look is not None and np.isfinite(seg.look.distance)
         distance[mode] = seg.look.distance
-        odd = predictor.segment(255 - image, mode).look
+        blurred = ndimage.gaussian_filter(image.astype(np.float32), 3)  # out of focus
+        odd = predictor.segment(np.rint(blurred).astype(np.uint8), mode).look
         assert odd.unlike and odd.distance > seg.look.distance
     # both modes measure the image's tiles as training measured its tiles
     assert distance["whole"] == pytest.approx(distance["stitched"], rel=1e-3)
