@@ -155,6 +155,22 @@ def test_processes_are_drawn_but_only_their_base_is_annotated():
     assert not (drawn & soma).any()  # a process is drawn outside its cell, not across it
 
 
+def test_spread_cells_extensions_taper_are_annotated_and_carry_the_processes():
+    """An SH-SY5Y cell spreads in extensions that narrow to a point; its mask takes them in,
+    and its processes leave from their tips, not from anywhere on the outline."""
+    arms = np.array([[0.0, 2.5, 0.4], [np.pi, 2.0, 0.4]])  # a spindle along x
+    cell = Cell(100, 100, 8.0, 1.0, 0.0, np.zeros((3, 2)), False, False, 2, arms)
+    owner = claim_pixels([cell], [0], 200, 200)
+    cols = (owner == 0).sum(0)  # the mask's height at each x
+    assert cols[100 + 8 + 16] > 0 and cols[100 - 8 - 12] > 0  # extensions well beyond r = 8
+    tip = [cols[100 + 8 + k] for k in (2, 8, 14)]
+    assert tip[0] > tip[1] > tip[2] > 0  # narrowing towards the tip
+    assert (owner == 0).sum() > 1.3 * np.pi * 8**2  # more than the round cell would claim
+    process = grow_neurites(np.random.default_rng(0), [cell], owner, np.full_like(owner, -1), 40)
+    ys, xs = np.nonzero(process > 0.8)  # the strongest: where the processes leave the cell
+    assert np.all(np.abs(ys - 100) < np.abs(xs - 100) + 3)  # along the spindle's axis
+
+
 def test_membranes_are_thin_bright_lines_and_dead_clumps_are_not_annotated():
     (_, _, img, polys), *_ = generate(
         n_images=1, empty_images=0, cell_lines=("SHSY5Y",), width=352, height=260, seed=3

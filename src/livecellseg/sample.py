@@ -8,8 +8,9 @@ How an image is made (`render_image`), each step drawn per cell line from `LOOKS
    (epithelial lines); some round cells come in dividing pairs.
 2. Shapes: each cell claims the pixels inside its radial outline (ellipse with harmonic
    wobble); where outlines meet, the cell nearer relative to its size wins, so crowded cells
-   press into polygons as in a confluent monolayer. Processes (SH-SY5Y; a few in A172, BV2,
-   SK-OV-3) grow as branching, gently turning walks from the soma into free space.
+   press into polygons as in a confluent monolayer. SH-SY5Y's flat cells spread in 1-4
+   extensions that taper to a point (spindles, stars). Processes (SH-SY5Y, from those tips;
+   a few in A172, BV2, SK-OV-3) grow as branching, gently turning walks into free space.
 3. Annotation, as LIVECell outlines cells: a cell's mask is the whole cell, its flat lamella
    and the base of its processes (`PROCESS_BASE` px), not the rest of a process. The outline
    of each mask becomes its polygon, and the mask is re-rasterised from that polygon
@@ -37,7 +38,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -92,11 +93,14 @@ class CellLineLook:
     neurite_len: float  # mean neurite length, px
     doubling_h: float  # the time-lapse series' doubling time, hours
     dead: float = 1.0  # clumps of dead round cells per 100 cells (drawn, not annotated)
+    arms: float = 0.0  # mean tapering extensions of a flat cell (part of its mask)
+    arm_len: float = 0.0  # their mean length beyond the outline, in radii
 
 
 # From LIVECell's paper and images: A172 large, spread, irregular; BT474/MCF7 compact clusters;
-# BV2 small, round, bright and very dense; Huh7 polygonal clusters; SH-SY5Y small somata with
-# long branching neurites; SkBr3 rounded grape-like clusters; SK-OV-3 large, flat, elongated.
+# BV2 small, round, bright and very dense; Huh7 polygonal clusters; SH-SY5Y spread, spindle- or
+# star-shaped cells whose flat extensions taper into long thin processes; SkBr3 rounded
+# grape-like clusters; SK-OV-3 large, flat, elongated.
 # Means of the log-uniform counts: ~300 cells per image over the eight lines, as LIVECell.
 LOOKS: dict[str, CellLineLook] = {
     "A172": CellLineLook(21, 5, 2.6, 0.30, (25, 500), 1.0, 0.08, 0.8, 1.0, 0.7, 22, 36),
@@ -104,7 +108,9 @@ LOOKS: dict[str, CellLineLook] = {
     "BV2": CellLineLook(6.5, 1.2, 1.35, 0.10, (150, 2800), 1.0, 0.55, 1.3, 0.6, 0.15, 8, 20),
     "Huh7": CellLineLook(15, 3, 1.5, 0.18, (40, 550), 9.0, 0.05, 0.9, 1.3, 0.0, 0, 30),
     "MCF7": CellLineLook(12, 2.5, 1.5, 0.14, (60, 900), 12.0, 0.06, 1.0, 1.1, 0.0, 0, 40),
-    "SHSY5Y": CellLineLook(9.7, 3.0, 2.0, 0.28, (40, 600), 1.8, 0.30, 1.6, 1.1, 3.5, 73, 48, 3.0),
+    "SHSY5Y": CellLineLook(
+        8, 2.5, 2.0, 0.15, (40, 600), 1.8, 0.30, 1.6, 1.1, 3.5, 73, 48, 3.0, arms=2.5, arm_len=2.5
+    ),
     "SkBr3": CellLineLook(9, 1.8, 1.3, 0.10, (70, 1000), 6.0, 0.45, 1.2, 1.0, 0.0, 0, 56),
     "SKOV3": CellLineLook(18, 4, 2.8, 0.22, (25, 400), 1.0, 0.05, 0.7, 1.0, 0.2, 15, 44),
 }
@@ -121,12 +127,15 @@ class Cell:
     round: bool
     defocus: bool
     n_neurites: int
+    # tapering extensions of the lamella: (angle, length in radii, angular half-width), in
+    # the cell's own frame; processes leave from their tips
+    arms: np.ndarray = field(default_factory=lambda: np.zeros((0, 3)))
 
 
 def new_cell(rng: np.random.Generator, look: CellLineLook, cy: float, cx: float) -> Cell:
     """A cell of `look` centred at (cy, cx), its shape drawn."""
     is_round = rng.random() < look.round_frac
-    return Cell(
+    cell = Cell(
         cy,
         cx,
         max(3.0, look.radius * np.exp(rng.normal(0, look.radius_sd / look.radius)))
@@ -144,6 +153,18 @@ def new_cell(rng: np.random.Generator, look: CellLineLook, cy: float, cx: float)
         is_round and rng.random() < 0.15,
         0 if is_round else int(rng.poisson(look.neurites)),
     )
+    if look.arms and not is_round:  # drawn only for lines with arms: the others' streams stay
+        n = max(1, rng.poisson(look.arms))
+        start = rng.uniform(0, 2 * np.pi)
+        cell.arms = np.stack(
+            [
+                start + np.arange(n) * 2 * np.pi / n + rng.normal(0, 0.4, n),
+                look.arm_len * rng.lognormal(0, 0.4, n),
+                rng.uniform(0.4, 0.8, n),
+            ],
+            1,
+        )
+    return cell
 
 
 class Spacing:
@@ -248,7 +269,7 @@ def claim_pixels(cells: list[Cell], which: list[int], height: int, width: int) -
     for i in which:
         c = cells[i]
         a, b = c.radius * np.sqrt(c.ratio), c.radius / np.sqrt(c.ratio)
-        reach = a * (1 + np.abs(c.harmonics[:, 0]).sum()) + 1
+        reach = a * (1 + np.abs(c.harmonics[:, 0]).sum() + c.arms[:, 1].sum()) + 1
         y0, y1 = max(int(c.cy - reach), 0), min(int(c.cy + reach) + 2, height)
         x0, x1 = max(int(c.cx - reach), 0), min(int(c.cx + reach) + 2, width)
         if y0 >= y1 or x0 >= x1:
@@ -260,6 +281,9 @@ def claim_pixels(cells: list[Cell], which: list[int], height: int, width: int) -
         theta = np.arctan2(v / b, u / a)
         harmonic = c.harmonics[:, :1, None] / k[:, None, None]
         wobble = 1 + (harmonic * np.cos(k[:, None, None] * theta + c.harmonics[:, 1:, None])).sum(0)
+        for phi, length, spread in c.arms:  # an extension along phi, tapering to its tip
+            off = np.abs(np.angle(np.exp(1j * (theta - phi))))
+            wobble = wobble + length * np.clip(1 - off / spread, 0, None) ** 2
         nd = np.hypot(u / a, v / b) / np.maximum(wobble, 0.3)
         box = (slice(y0, y1), slice(x0, x1))
         win = (nd < 1.0) & (nd < best[box])
@@ -287,6 +311,17 @@ def grow_neurites(
             (c.cy, c.cx, rng.uniform(0, 2 * np.pi), max(6.0, rng.normal(length, length / 3)), 0)
             for _ in range(c.n_neurites)
         ]
+        if len(c.arms):  # processes leave from the tips of the extensions
+            a, b = np.sqrt(c.ratio), 1 / np.sqrt(c.ratio)
+            phi = c.arms[:, 0]
+            u, v = a * np.cos(phi), b * np.sin(phi)
+            tips = np.arctan2(
+                u * np.sin(c.angle) + v * np.cos(c.angle), u * np.cos(c.angle) - v * np.sin(c.angle)
+            )
+            walkers = [
+                (y, x, tips[j % len(tips)] + 0.1 * (angle - np.pi), left, done)
+                for j, (y, x, angle, left, done) in enumerate(walkers)
+            ]
         while walkers:
             y, x, angle, left, done = walkers.pop()
             steps, branched, outside = int(left), False, 0
@@ -389,7 +424,7 @@ def render_image(
         membrane[box] += rng.uniform(0.5, 1.3) * 2.5 * np.hypot(*np.gradient(soft))
         yy, xx = np.nonzero(mask)
         cy, cx = yy.mean(), xx.mean()
-        rn = BODY_SIZE * np.sqrt(mask.sum() / np.pi)
+        rn = BODY_SIZE * min(np.sqrt(mask.sum() / np.pi), c.radius)  # arms are flat
         gy, gx = np.mgrid[0 : mask.shape[0], 0 : mask.shape[1]]
         body = np.exp(-((gy - cy) ** 2 + (gx - cx) ** 2) / rn**2) * mask
         flat[box] += h * (0.15 * np.minimum(edt / 2, 1) * mask + 0.6 * body)
