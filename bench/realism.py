@@ -142,6 +142,18 @@ def counts_per_line(items) -> dict[str, dict[str, float]]:
     }
 
 
+def grid(rows: list[list[np.ndarray]], gap: int = 4) -> np.ndarray:
+    """Equal-sized crops (grey or RGB) laid out in rows, with white gaps between them."""
+
+    def pad(x, axis):
+        shape = list(x.shape)
+        shape[axis] = gap
+        return np.full(shape, 255, np.uint8)
+
+    lines = [np.concatenate([y for x in row for y in (x, pad(x, 1))][:-1], 1) for row in rows]
+    return np.concatenate([y for x in lines for y in (x, pad(x, 0))][:-1], 0)
+
+
 def figure(path: Path, reference, old, new, lines) -> None:
     """Rows: reference crops; old generator; new generator (one crop per cell line)."""
     from livecellseg.visualize import save_png
@@ -149,14 +161,7 @@ def figure(path: Path, reference, old, new, lines) -> None:
     crop = 160
     pick = lambda ims: [im[180 : 180 + crop, 270 : 270 + crop] for im in ims]  # noqa: E731
     ref = pick(reference[:: max(1, len(reference) // len(lines))][: len(lines)])
-    gap_ = np.full((crop, 4), 255, np.uint8)
-
-    def row(ims):
-        return np.concatenate([x for im in ims for x in (im, gap_)][:-1], 1)
-
-    rows = [row(ref), row(pick(old)), row(pick(new))]
-    sep = np.full((4, rows[0].shape[1]), 255, np.uint8)
-    save_png(path, np.concatenate([rows[0], sep, rows[1], sep, rows[2]], 0))
+    save_png(path, grid([ref, pick(old), pick(new)]))
 
 
 def model_on_references(model: Path, names, reference, out: Path) -> dict[str, int]:
@@ -185,15 +190,11 @@ def outlines_side_by_side(path: Path, dirs: list[Path], names: list[str]) -> Non
 
     from livecellseg.visualize import save_png
 
-    rows = []
-    for name in names:
-        crops = [
-            np.asarray(Image.open(d / f"{Path(name).stem}.png"))[160:360, 200:500] for d in dirs
-        ]
-        gap_ = np.full((200, 6, 3), 255, np.uint8)
-        rows.append(np.concatenate([x for c in crops for x in (c, gap_)][:-1], 1))
-        rows.append(np.full((6, rows[-1].shape[1], 3), 255, np.uint8))
-    save_png(path, np.concatenate(rows[:-1], 0))
+    rows = [
+        [np.asarray(Image.open(d / f"{Path(name).stem}.png"))[160:360, 200:500] for d in dirs]
+        for name in names
+    ]
+    save_png(path, grid(rows, gap=6))
 
 
 def profiles_figure(path: Path, looks: dict[str, dict], spectra: dict[str, np.ndarray]) -> None:

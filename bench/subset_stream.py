@@ -1,9 +1,10 @@
 """Benchmark: the streaming `subset` against a `json.load` baseline on a LIVECell-size JSON.
 
 Makes a synthetic LIVECell-format data root (annotations as an id -> annotation map, the
-Kaggle copy's form of livecell_coco_train.json; polygons of 20 points) with >= 500,000 annotations, then runs, each in a
-fresh process: (a) build_subset (ijson streaming), (b) the naive way: json.load the file and
-filter. Prints JSON with peak RSS and wall time of each and their ratios.
+Kaggle copy's form of livecell_coco_train.json; polygons of 20 points) with >= 500,000
+annotations, then runs, each in a fresh process: (a) build_subset (ijson streaming), (b) the
+naive way: json.load the file and filter. Prints JSON with peak RSS and wall time of each and
+their ratios.
 Target: peak RSS <= 10% of the baseline's, wall time <= the baseline's.
 
     python bench/subset_stream.py [--annotations 500000] [--images 3000] [--keep DIR]

@@ -13,6 +13,7 @@ plots/<model>/thresholds.csv) and, with
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 from pathlib import Path
 
@@ -72,12 +73,13 @@ def thresholds(out: Path) -> None:
     the data `dvc plots show` draws), the operating threshold marked."""
     fig, axes = plt.subplots(1, len(MODELS), figsize=(11, 4), sharey=True)
     for ax, name in zip(axes, MODELS, strict=True):
-        rows = [r.split(",") for r in (Path("plots") / name / "thresholds.csv").read_text().split()]
-        table = np.array([[float(x) for x in r] for r in rows[1:]])
-        for col, label in ((1, "precision"), (2, "recall"), (3, "F1")):
-            ax.plot(table[:, 0], table[:, col], "o-", ms=3, label=label)
-        best = json.loads((Path("metrics") / f"{name}.json").read_text())
-        ax.axvline(best["score_thresh"], color="grey", ls="--", lw=1, label="operating threshold")
+        with open(Path("plots") / name / "thresholds.csv", newline="") as f:
+            rows = list(csv.DictReader(f))
+        thresh = [float(r["score_thresh"]) for r in rows]
+        for key, label in (("precision", "precision"), ("recall", "recall"), ("f1", "F1")):
+            ax.plot(thresh, [float(r[key]) for r in rows], "o-", ms=3, label=label)
+        test = json.loads((Path("metrics") / f"{name}.json").read_text())
+        ax.axvline(test["score_thresh"], color="grey", ls="--", lw=1, label="operating threshold")
         ax.set(title=name, xlabel="score threshold", ylim=(0, 1))
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("test split, IoU 0.5")

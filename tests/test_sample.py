@@ -188,7 +188,8 @@ def test_membranes_are_thin_bright_lines_and_dead_clumps_are_not_annotated():
     look = LOOKS["SHSY5Y"]
     cells = draw_cells(rng := np.random.default_rng(1), look, 60, 260, 352)
     owner = claim_pixels(cells, list(range(len(cells))), 260, 352)
-    dead = dead_clumps(rng, dataclasses.replace(look, dead=20.0), owner, owner, len(cells))
+    none_on_top = np.full_like(owner, -1)
+    dead = dead_clumps(rng, dataclasses.replace(look, dead=20.0), owner, none_on_top, len(cells))
     assert (dead > 0).sum() > 50  # drawn ...
     assert not ((dead > 0) & (owner != -1)).any()  # ... only where no annotated cell is
 
