@@ -16,7 +16,8 @@
     PYTHONPATH=src:. python bench/finetune.py [--line SHSY5Y] [--rounds 1 2 4]
         [--work bench_work/finetune] [--out docs/bench/finetune.json]
 
-The base model is kept in --work and reused by a rerun of the same line and params.
+The base model and its scores are kept in --work and reused by a rerun of the same line and
+params.
 Prints JSON (and writes it to --out).
 """
 
@@ -208,14 +209,24 @@ def main() -> None:
     corrections_dir = args.work / "corrections"
     write_corrections(pool, args.images, corrections_dir)
 
-    rows = [
-        {
-            "corrected_images": 0,
-            "model": base.name,
-            "test": score(base, params, test, args.images),
-            "other_lines": score(base, params, others, args.images),
-        }
-    ]
+    # the base model's scores, kept beside it for reruns with other fine-tuning budgets
+    key = hashlib.md5(
+        json.dumps([base_info, dataclasses.asdict(params.predict), test, others]).encode()
+        + base.read_bytes()
+    ).hexdigest()
+    cached = args.work / "base_scores.json"
+    if cached.is_file() and json.loads(cached.read_text()).get("key") == key:
+        rows = [json.loads(cached.read_text())["row"]]
+    else:
+        rows = [
+            {
+                "corrected_images": 0,
+                "model": base.name,
+                "test": score(base, params, test, args.images),
+                "other_lines": score(base, params, others, args.images),
+            }
+        ]
+        write_json(cached, {"key": key, "row": rows[0]})
     for k in args.rounds:
         chosen = [Path(im["file_name"]).stem for im in density[:k]]
         pairs = pair_corrections(

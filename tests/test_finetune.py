@@ -130,7 +130,7 @@ def test_one_image_is_held_out_in_space_without_overlap(tmp_path):
     prep = prepare([c], TILE, tmp_path / "w", holdout=0.25, seed=0)
     train = json.loads((prep.tiles / "train.json").read_text())
     val = json.loads((prep.tiles / "val.json").read_text())
-    assert (prep.train_tiles, prep.val_tiles) == (10, 5)  # tile rows 0-1 and 4 of 0..4
+    assert (prep.train_tiles, prep.val_tiles) == (10, 3)  # tile rows 0-1; row 4, cols 0 2 4
     assert max(t["y0"] + t["height"] for t in train["images"]) <= min(
         t["y0"] for t in val["images"]
     )
@@ -146,9 +146,32 @@ def test_several_images_hold_out_whole_images(tmp_path):
     prep = prepare(cs, TILE, tmp_path / "w", holdout=0.25, seed=3)
     assert len(prep.val) == 1 and len(prep.train) == 3
     assert set(prep.train) | set(prep.val) == {f"img{i}" for i in range(4)}
-    assert (prep.train_tiles, prep.val_tiles) == (75, 25)
+    assert (prep.train_tiles, prep.val_tiles) == (75, 9)  # held out: the 9 covering tiles
     again = prepare(cs, TILE, tmp_path / "w2", holdout=0.25, seed=3)
     assert again.val == prep.val  # seeded
+
+
+@pytest.mark.parametrize(("grid", "window"), [(7, 3), (7, 1), (6, 3), (5, 5), (8, 4)])
+def test_held_out_tiles_cover_every_pixel_once_over(grid, window):
+    from livecellseg.finetune import cover_starts, covering_tiles
+    from livecellseg.tiling import tile_windows
+
+    starts = cover_starts(grid, window)
+    assert starts[0] == 0 and starts[-1] == grid - window and starts == sorted(set(starts))
+    wins = tile_windows(130, 176, grid, window)
+    doc = {
+        "images": [{"id": i, "row": w.row, "col": w.col} for i, w in enumerate(wins)],
+        "annotations": [{"id": i, "image_id": i} for i in range(len(wins))],
+    }
+    kept = covering_tiles(doc, grid, window)
+    assert len(kept["images"]) == len(starts) ** 2 and len(kept["annotations"]) == len(starts) ** 2
+    seen = np.zeros((130, 176), int)
+    for t in kept["images"]:
+        w = wins[t["id"]]
+        seen[w.y0 : w.y1, w.x0 : w.x1] += 1
+    assert seen.min() >= 1  # every pixel validated
+    if (grid, window) == (7, 3):  # the pipeline's tiling: 9 of its 25 tiles
+        assert starts == [0, 2, 4] and seen.max() == 4
 
 
 def tiny_training(raw: dict) -> dict:

@@ -222,6 +222,27 @@ class Prepared:
     fragments: int = 0  # labels under MIN_CELL_PX px, left out
 
 
+def cover_starts(grid: int, window: int) -> list[int]:
+    """Window starts along one axis that cover the grid, neighbours sharing one mini-tile:
+    0, 2, 4 for the 7x7 grid and 3x3 window (3 of the 5 positions)."""
+    starts = list(range(0, grid - window + 1, max(1, window - 1)))
+    return starts if starts[-1] == grid - window else [*starts, grid - window]
+
+
+def covering_tiles(doc: dict, grid: int, window: int) -> dict:
+    """The tiles of a tile doc that cover each image once over, neighbours overlapping by a
+    mini-tile (9 of 25 per image): the held-out tiles validated after every epoch. All 25
+    count a cell up to nine times and take 2.8x as long to validate, the largest share of a
+    fine-tuning round after training itself."""
+    starts = set(cover_starts(grid, window))
+    images = [t for t in doc["images"] if t["row"] in starts and t["col"] in starts]
+    ids = {t["id"] for t in images}
+    return doc | {
+        "images": images,
+        "annotations": [a for a in doc["annotations"] if a["image_id"] in ids],
+    }
+
+
 def prepare(
     corrections: list[Correction], tile: TileConfig, work: Path, *, holdout: float, seed: int
 ) -> Prepared:
@@ -261,9 +282,10 @@ def prepare(
     if n == 1:  # split in space: the last row of tiles held out, rows overlapping it dropped
         all_tiles, _ = tile_split(doc, src, tiles / "all", desc="tile corrections", **kw)
         last = tile.grid - tile.window
+        cols = cover_starts(tile.grid, tile.window)
         parts = {
             "train": [t for t in all_tiles["images"] if t["row"] + tile.window <= last],
-            "val": [t for t in all_tiles["images"] if t["row"] == last],
+            "val": [t for t in all_tiles["images"] if t["row"] == last and t["col"] in cols],
         }
         for split, entries in parts.items():
             ids = {t["id"] for t in entries}
@@ -297,6 +319,8 @@ def prepare(
                 "annotations": [a for a in doc["annotations"] if a["image_id"] in keep],
             }
             split_doc, _ = tile_split(part, src, tiles / split, desc=f"tile {split}", **kw)
+            if split == "val":
+                split_doc = covering_tiles(split_doc, tile.grid, tile.window)
             write_json(tiles / f"{split}.json", split_doc)
             names[split], parts[split] = [corrections[i].name for i in ids], split_doc["images"]
     return Prepared(
