@@ -174,6 +174,35 @@ def test_held_out_tiles_cover_every_pixel_once_over(grid, window):
         assert starts == [0, 2, 4] and seen.max() == 4
 
 
+@pytest.mark.parametrize(
+    ("tiles", "at_least", "k"), [(10, 40, 4), (25, 40, 2), (75, 40, 1), (10, 0, 1)]
+)
+def test_few_training_tiles_are_listed_again_to_fill_an_epoch(tiles, at_least, k):
+    from livecellseg.finetune import repeat_tiles
+
+    doc = {
+        "images": [{"id": 100 + i, "file_name": f"t{i}.tif"} for i in range(tiles)],
+        "annotations": [{"id": j, "image_id": 100 + j % 7, "area": j} for j in range(30)],
+        "categories": [{"id": 1, "name": "cell"}],
+    }
+    out, got = repeat_tiles(doc, at_least)
+    assert got == k and len(out["images"]) == k * tiles >= at_least
+    assert (k - 1) * tiles < max(at_least, 1)  # the fewest copies that fill the epoch
+    if k == 1:
+        assert out is doc
+        return
+    ids = [t["id"] for t in out["images"]]
+    assert len(set(ids)) == len(ids)  # each copy its own entry: its own flips and rotations
+    assert len({a["id"] for a in out["annotations"]}) == len(out["annotations"]) == 30 * k
+    files = {t["id"]: t["file_name"] for t in out["images"]}
+    per_file = {}
+    for a in out["annotations"]:
+        per_file.setdefault(files[a["image_id"]], []).append(a["area"])
+    for t in doc["images"]:  # every copy of a tile carries that tile's cells, no other's
+        own = sorted(a["area"] for a in doc["annotations"] if a["image_id"] == t["id"])
+        assert sorted(per_file.get(t["file_name"], [])) == sorted(own * k)
+
+
 def tiny_training(raw: dict) -> dict:
     """params whose tiny checkpoint also trains and validates small: few proposals and RoIs,
     few detections per validated tile (an untrained model floods them)."""

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import logging
 import math
 import os
@@ -243,6 +244,30 @@ def covering_tiles(doc: dict, grid: int, window: int) -> dict:
     }
 
 
+def repeat_tiles(doc: dict, at_least: int) -> tuple[dict, int]:
+    """A tile doc listing every tile k times (k the fewest that make `at_least` entries), each
+    copy an entry of its own: the engine's seeded draw of an epoch's tiles then fills the
+    epoch, and each copy gets flips and rotations of its own. One corrected image has 10
+    training tiles: without repeats its epoch is 3 steps, not the 10 of four images. Returns
+    the doc and k."""
+    n = len(doc["images"])
+    k = max(1, math.ceil(at_least / n)) if n else 1
+    if k == 1:
+        return doc, 1
+    images, annotations = [], []
+    by_tile: dict[int, list[dict]] = {}
+    for a in doc["annotations"]:
+        by_tile.setdefault(a["image_id"], []).append(a)
+    for _ in range(k):
+        for t in doc["images"]:
+            images.append(t | {"id": len(images) + 1})
+            annotations += [
+                a | {"id": len(annotations) + j + 1, "image_id": images[-1]["id"]}
+                for j, a in enumerate(by_tile.get(t["id"], []))
+            ]
+    return doc | {"images": images, "annotations": annotations}, k
+
+
 def prepare(
     corrections: list[Correction], tile: TileConfig, work: Path, *, holdout: float, seed: int
 ) -> Prepared:
@@ -452,8 +477,20 @@ def finetune(
             prep.val_tiles,
             ", ".join(prep.val),
         )
+        repeated, k = repeat_tiles(
+            json.loads((prep.tiles / "train.json").read_text()), cfg.tiles_per_epoch
+        )
+        if k > 1:
+            write_json(prep.tiles / "train_repeated.json", repeated)
+            log.info(
+                "%d training tiles, each listed %d times (its own flips and rotations) to fill "
+                "an epoch of %d tiles",
+                prep.train_tiles,
+                k,
+                cfg.tiles_per_epoch,
+            )
         train_set = TileDataset(
-            prep.tiles / "train.json",
+            prep.tiles / ("train_repeated.json" if k > 1 else "train.json"),
             prep.tiles / "train",
             augmentation=fit_cfg.augmentation,
             seed=fit_cfg.seed,
@@ -513,9 +550,7 @@ def finetune(
         "epochs": cfg.epochs,
         "best_epoch": best["best_epoch"],
         "steps": cfg.epochs
-        * math.ceil(
-            min(prep.train_tiles, cfg.tiles_per_epoch or prep.train_tiles) / fit_cfg.batch_size
-        ),
+        * math.ceil((cfg.tiles_per_epoch or prep.train_tiles) / fit_cfg.batch_size),
         "lr": fit_cfg.phases[0].lr,
         "before": {k: before[k] for k in ("f1", "precision", "recall", "miou")},
         "after": {k: after[k] for k in ("f1", "precision", "recall", "miou")},
