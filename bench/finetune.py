@@ -13,7 +13,7 @@
    lines it already knew?), scored as the `evaluate` stage scores (F1 at IoU 0.5 above
    predict.score_thresh, recall by LIVECell's size classes).
 
-    PYTHONPATH=src:. python bench/finetune.py [--line SHSY5Y] [--rounds 1 2 4]
+    PYTHONPATH=src:. python bench/finetune.py [--line SHSY5Y] [--rounds 1 2 4] [--float32]
         [--work bench_work/finetune] [--out docs/bench/finetune.json]
 
 The base model and its scores are kept in --work and reused by a rerun of the same line and
@@ -165,6 +165,11 @@ def main() -> None:
     ap.add_argument("--work", type=Path, default=Path("bench_work/finetune"))
     ap.add_argument("--out", type=Path, default=Path("docs/bench/finetune.json"))
     ap.add_argument("--base-only", action="store_true", help="train the base model and stop")
+    ap.add_argument(
+        "--float32",
+        action="store_true",
+        help="fine-tune with bf16 autocast off (what a CPU without AVX512-BF16 runs)",
+    )
     args = ap.parse_args()
     import logging
 
@@ -227,6 +232,14 @@ def main() -> None:
             }
         ]
         write_json(cached, {"key": key, "row": rows[0]})
+    start = base
+    if args.float32:  # the base's recorded settings with autocast off: fine-tuning keeps them
+        from livecellseg.checkpoint import load_checkpoint, save_checkpoint
+
+        ckpt = load_checkpoint(base)
+        ckpt["params"]["train"]["amp"] = False
+        start = args.work / f"{base.stem}_float32.pt"
+        save_checkpoint(ckpt, start)
     for k in args.rounds:
         chosen = [Path(im["file_name"]).stem for im in density[:k]]
         pairs = pair_corrections(
@@ -234,7 +247,7 @@ def main() -> None:
             [corrections_dir / f"{c}_labels.tif" for c in chosen],
         )
         out = args.work / f"custom_finetuned_{k}.pt"
-        report = finetune(pairs, base, out, params.finetune, iou_thresh=params.evaluate.iou_thresh)
+        report = finetune(pairs, start, out, params.finetune, iou_thresh=params.evaluate.iou_thresh)
         rows.append(
             {
                 "corrected_images": k,
@@ -256,6 +269,7 @@ def main() -> None:
         "test_cells": len(test["annotations"]),
         "other_lines_images": len(others["images"]),
         "finetune": dataclasses.asdict(params.finetune),
+        "float32": args.float32,
         "rows": rows,
         "machine": {
             "cpu": next(
