@@ -9,9 +9,13 @@ engine's own loop: the checkpoint's recorded settings (architecture, sampling, a
 validation), a new phase of `finetune.epochs` at `finetune.lr_ratio` times the model's
 learning rate. It reports the held-out F1 before and after.
 
+A round is `finetune.epochs` epochs of `finetune.tiles_per_epoch` tiles whatever the number
+of corrected images: fewer training tiles than an epoch are listed again (`repeat_tiles`).
+
 Held out: `finetune.holdout` of the images (at least one) when there are two or more; a single
 image is split in space instead, its last row of tiles held out and the tiles overlapping
-them left out, so no held-out pixel is trained on.
+them left out, so no held-out pixel is trained on. The held-out F1 is measured on the tiles
+that cover the held-out part once over (`covering_tiles`).
 """
 
 from __future__ import annotations
@@ -477,20 +481,20 @@ def finetune(
             prep.val_tiles,
             ", ".join(prep.val),
         )
-        repeated, k = repeat_tiles(
+        repeated, copies = repeat_tiles(
             json.loads((prep.tiles / "train.json").read_text()), cfg.tiles_per_epoch
         )
-        if k > 1:
+        if copies > 1:
             write_json(prep.tiles / "train_repeated.json", repeated)
             log.info(
                 "%d training tiles, each listed %d times (its own flips and rotations) to fill "
                 "an epoch of %d tiles",
                 prep.train_tiles,
-                k,
+                copies,
                 cfg.tiles_per_epoch,
             )
         train_set = TileDataset(
-            prep.tiles / ("train_repeated.json" if k > 1 else "train.json"),
+            prep.tiles / ("train_repeated.json" if copies > 1 else "train.json"),
             prep.tiles / "train",
             augmentation=fit_cfg.augmentation,
             seed=fit_cfg.seed,
