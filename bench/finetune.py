@@ -220,8 +220,9 @@ def main() -> None:
         + base.read_bytes()
     ).hexdigest()
     cached = args.work / "base_scores.json"
-    if cached.is_file() and json.loads(cached.read_text()).get("key") == key:
-        rows = [json.loads(cached.read_text())["row"]]
+    kept = json.loads(cached.read_text()) if cached.is_file() else {}
+    if kept.get("key") == key:
+        rows = [kept["row"]]
     else:
         rows = [
             {
