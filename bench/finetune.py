@@ -248,7 +248,14 @@ def main() -> None:
             [corrections_dir / f"{c}_labels.tif" for c in chosen],
         )
         out = args.work / f"custom_finetuned_{k}.pt"
-        report = finetune(pairs, start, out, params.finetune, iou_thresh=params.evaluate.iou_thresh)
+        report = finetune(
+            pairs,
+            start,
+            out,
+            params.finetune,
+            iou_thresh=params.evaluate.iou_thresh,
+            replay=args.work / "tiles",  # what the base model was trained on
+        )
         rows.append(
             {
                 "corrected_images": k,

@@ -3,8 +3,9 @@
 data/corrections/images holds images, data/corrections/labels their corrected label images
 (IMG_labels.tif, paired by name; docs/finetune.md). With none there the stage does nothing
 but say so: models/finetuned stays empty and metrics/finetune/metrics.json counts 0
-corrections. Otherwise it writes models/finetuned/<model>.pt (and its report, .json), and
-dvclive curves and the held-out F1 before and after to metrics/finetune.
+corrections. Otherwise it trains on them, `finetune.replay` of each epoch drawn from the
+model's own training tiles (data/tiles), and writes models/finetuned/<model>.pt (and its
+report, .json), and dvclive curves and the held-out F1 before and after to metrics/finetune.
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ def main(params, args) -> None:
         out,
         cfg,
         iou_thresh=params.evaluate.iou_thresh,
+        replay=args.replay,
         live_dir=args.live,
         device=params.train.device,
     )
@@ -72,6 +74,9 @@ def main(params, args) -> None:
 def add_args(parser) -> None:
     parser.add_argument("--corrections", type=Path, required=True, help="images/ and labels/")
     parser.add_argument("--model", type=Path, required=True, help="checkpoint to start from")
+    parser.add_argument(
+        "--replay", type=Path, help="tiles the model was trained on (finetune.replay of an epoch)"
+    )
     parser.add_argument("--out", type=Path, required=True, help="directory of the fine-tuned model")
     parser.add_argument("--live", type=Path, required=True, help="dvclive directory")
 

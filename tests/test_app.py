@@ -281,7 +281,7 @@ def test_correct_tab_deletes_adds_undoes_and_keeps(setup, tmp_path):
             Corrections(tmp_path / "none"),
             checkpoints,
             "custom (best val F1)",
-            (1, 0.5),
+            (1, 0.5, None),
             tmp_path,
             "cpu",
         )
@@ -300,7 +300,7 @@ def _finetune_params(root: Path) -> Path:
     from tests.helpers import ROOT
 
     raw = yaml.safe_load((ROOT / "params.yaml").read_text())
-    raw["finetune"].update(epochs=2, tiles_per_epoch=0)
+    raw["finetune"].update(epochs=2, tiles_per_epoch=0, replay=0)  # whatever data/tiles holds
     raw["train"]["device"] = "cpu"
     (root / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
     return root / "params.yaml"

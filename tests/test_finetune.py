@@ -203,6 +203,38 @@ def test_few_training_tiles_are_listed_again_to_fill_an_epoch(tiles, at_least, k
         assert sorted(per_file.get(t["file_name"], [])) == sorted(own * k)
 
 
+def tile_doc(n: int, cells: int, first_id: int = 1) -> dict:
+    images = [{"id": first_id + i, "file_name": f"t{first_id + i}.tif"} for i in range(n)]
+    return {
+        "images": images,
+        "annotations": [
+            {"id": 500 + j, "image_id": first_id + j % n, "area": first_id + j % n}
+            for j in range(cells)
+        ],
+        "categories": [{"id": 1, "name": "cell"}],
+    }
+
+
+def test_replayed_tiles_come_with_their_own_cells():
+    from livecellseg.finetune import replay_tiles
+
+    doc, base = tile_doc(3, 5), tile_doc(20, 47, first_id=1)  # ids clash on purpose
+    out = replay_tiles(doc, base, 6, seed=0)
+    assert out["images"][:3] == doc["images"] and out["annotations"][:5] == doc["annotations"]
+    added = out["images"][3:]
+    assert len(added) == 6 and all(t["file_name"].startswith("replay/t") for t in added)
+    assert len({t["id"] for t in out["images"]}) == 9
+    assert len({a["id"] for a in out["annotations"]}) == len(out["annotations"])
+    for t in added:  # each replayed tile carries its base tile's cells, no other's
+        base_id = int(t["file_name"].removeprefix("replay/t").removesuffix(".tif"))
+        got = [a["area"] for a in out["annotations"] if a["image_id"] == t["id"]]
+        assert got and got == [base_id] * sum(a["image_id"] == base_id for a in base["annotations"])
+    assert replay_tiles(doc, base, 6, seed=0) == out  # seeded
+    assert replay_tiles(doc, base, 6, seed=1) != out
+    assert len(replay_tiles(doc, base, 99, seed=0)["images"]) == 23  # at most all of base
+    assert replay_tiles(doc, base, 0, seed=0) is doc
+
+
 def tiny_training(raw: dict) -> dict:
     """params whose tiny checkpoint also trains and validates small: few proposals and RoIs,
     few detections per validated tile (an untrained model floods them)."""
@@ -264,6 +296,40 @@ def test_the_finetuned_checkpoint_predicts(tiny_finetuned):
     assert seg.look is not None and ckpt["name"] == "custom"
 
 
+def test_cli_replays_the_tiles_the_model_was_trained_on(raw_params, tmp_path, capsys):
+    """--replay-tiles: finetune.replay of the epoch's tiles come from the model's own training
+    tiles (here: the tiles of two other images), and the novelty look describes both."""
+    from livecellseg.checkpoint import load_checkpoint
+    from livecellseg.cli import main
+
+    ckpt = save_tiny_checkpoint(tmp_path / "custom.pt", tiny_training(raw_params))
+    base = prepare(
+        [corrected(tmp_path / "base", f"b{i}", seed=10 + i) for i in range(2)],
+        TILE,
+        tmp_path / "trained_on",
+        holdout=0.5,
+        seed=0,
+    )
+    c = corrected(tmp_path / "in", "img", seed=1, width=210, height=140)
+    args = ["finetune", str(c.image), "--labels", str(c.labels), "--model", str(ckpt)]
+    args += ["--out", str(tmp_path / "new.pt"), "--device", "cpu", "--epochs", "1"]
+    args += ["--tiles-per-epoch", "8", "--replay", "0.5", "--replay-tiles", str(base.tiles)]
+    assert main([*args, *PARAMS]) == 0
+    report = json.loads((tmp_path / "new.json").read_text())
+    own = report["train_tiles"]
+    assert own == 10  # one image: its first two rows of five tiles
+    assert report["replay_tiles"] == own  # half of the listed tiles
+    assert report["steps"] == 2  # 8 tiles of the 20 listed, batch 4
+    look = load_checkpoint(tmp_path / "new.pt")["look"]
+    assert look["tiles"][0] == own + report["replay_tiles"]
+    (tmp_path / "new.pt").unlink()
+    capsys.readouterr()
+    assert main([*args[:-1], str(tmp_path / "in"), *PARAMS]) == 1  # not a tile output
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "no train.json and train/ to replay" in err[0], err
+    assert not (tmp_path / "new.pt").exists()  # checked before anything is written
+
+
 def test_stage_without_corrections_says_so_and_writes_empty_outputs(raw_params, tmp_path, caplog):
     from stages.finetune import main
 
@@ -272,6 +338,7 @@ def test_stage_without_corrections_says_so_and_writes_empty_outputs(raw_params, 
     args = Namespace(
         corrections=tmp_path / "corrections",
         model=tmp_path / "missing.pt",  # not even read
+        replay=tmp_path / "tiles",
         out=tmp_path / "models" / "finetuned",
         live=tmp_path / "metrics" / "finetune",
     )
@@ -299,11 +366,19 @@ def test_stage_fine_tunes_what_data_corrections_holds(raw_params, tmp_path):
     args = Namespace(
         corrections=tmp_path / "corrections",
         model=ckpt,
+        replay=prepare(  # the tiles the model was trained on, as the tile stage writes them
+            [corrected(tmp_path / "base", "b", seed=7)],
+            TILE,
+            tmp_path / "data",
+            holdout=0.25,
+            seed=0,
+        ).tiles,
         out=tmp_path / "models" / "finetuned",
         live=tmp_path / "metrics" / "finetune",
     )
     main(parse_params(raw), args)
     assert sorted(p.name for p in args.out.iterdir()) == ["custom.json", "custom.pt"]
+    assert json.loads((args.out / "custom.json").read_text())["replay_tiles"] > 0
     metrics = json.loads((args.live / "metrics.json").read_text())
     assert metrics["corrections"] == 2 and metrics["epochs_done"] == 2
     assert set(metrics["heldout_before"]) == {"f1", "precision", "recall", "miou"}
@@ -317,7 +392,14 @@ def test_finetune_section_is_validated(raw_params):
 
     ok = parse_section(FinetuneConfig, raw_params["finetune"], "finetune")
     assert ok.model in ("custom", "transfer")
-    for key, bad in (("holdout", 1.0), ("epochs", 0), ("model", "unet"), ("lr_ratio", 0)):
+    for key, bad in (
+        ("holdout", 1.0),
+        ("epochs", 0),
+        ("model", "unet"),
+        ("lr_ratio", 0),
+        ("replay", 1.0),
+        ("replay", -0.1),
+    ):
         with pytest.raises(ConfigError, match=f"finetune.{key}"):
             parse_section(FinetuneConfig, raw_params["finetune"] | {key: bad}, "finetune")
 

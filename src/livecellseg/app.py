@@ -499,12 +499,13 @@ def finetune_corrections(
     corrections: Corrections,
     checkpoints: dict[str, Path],
     checkpoint_label: str | None,
-    settings: tuple[FinetuneConfig, float] | None,
+    settings: tuple[FinetuneConfig, float, Path | None] | None,
     work: Path,
     device: str,
 ) -> tuple[dict, Path, str]:
     """Fine-tune the chosen checkpoint on the corrections kept (livecellseg.finetune, as the
-    CLI); the new checkpoint joins the app's list. Returns the report, its path and label."""
+    CLI; `settings`: the finetune section, evaluate.iou_thresh and the tiles to replay, or
+    None); the new checkpoint joins the app's list. Returns the report, its path and label."""
     from livecellseg.finetune import finetune
 
     if settings is None:
@@ -516,11 +517,11 @@ def finetune_corrections(
     if not kept:
         raise LivecellsegError("no corrections kept yet: correct an image and press 'Keep'")
     checkpoint = checkpoint_path(checkpoints, checkpoint_label)
-    cfg, iou = settings
+    cfg, iou, replay = settings
     out = Path(tempfile.mkdtemp(dir=work, prefix="finetuned-")) / (
         f"{checkpoint.stem}_finetuned.pt"
     )
-    report = finetune(kept, checkpoint, out, cfg, iou_thresh=iou, device=device)
+    report = finetune(kept, checkpoint, out, cfg, iou_thresh=iou, replay=replay, device=device)
     label = f"{checkpoint.stem} fine-tuned on {len(kept)} image(s) ({out.parent.name})"
     checkpoints[label] = out
     return report, out, label
@@ -703,12 +704,12 @@ def build_app(
     examples: dict[str, Path],
     *,
     allow_folders: bool = False,
-    finetune_settings: tuple[FinetuneConfig, float] | None = None,
+    finetune_settings: tuple[FinetuneConfig, float, Path | None] | None = None,
 ):
     """The Gradio Blocks: Segment, Correct, Explain and Growth tabs; layout and wiring only.
     `allow_folders`: the Growth tab reads a folder path on the server (local use only).
-    `finetune_settings`: params.yaml's finetune section and evaluate.iou_thresh (None: the
-    Fine-tune button says where to get them)."""
+    `finetune_settings`: params.yaml's finetune section, evaluate.iou_thresh and the tiles to
+    replay (None: the Fine-tune button says where to get them)."""
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     import gradio as gr
 
@@ -915,9 +916,11 @@ def launch(
     max_upload_mb: float = 20.0,
     device: str = "auto",
     params: Path | None = None,
+    replay_tiles: Path | None = None,
 ) -> None:
     """Serve the app. `params`: the params.yaml whose finetune section the Fine-tune button
-    uses (absent: the button says so)."""
+    uses (absent: the button says so); `replay_tiles`: the tile stage output the models were
+    trained on, replayed while fine-tuning (absent: the corrections alone)."""
     import gradio as gr
 
     from livecellseg.config import load_params
@@ -933,7 +936,12 @@ def launch(
     settings = None
     if params is not None and Path(params).is_file():
         p = load_params(params)
-        settings = (p.finetune, p.evaluate.iou_thresh)
+        if replay_tiles is not None and not (Path(replay_tiles) / "train.json").is_file():
+            log.info(
+                "%s has no train.json: fine-tuning trains on the corrections alone", replay_tiles
+            )
+            replay_tiles = None
+        settings = (p.finetune, p.evaluate.iou_thresh, replay_tiles)
     else:
         log.warning("%s not found: the Correct tab cannot fine-tune (pass --params)", params)
     demo = build_app(

@@ -137,6 +137,15 @@ def _parser() -> argparse.ArgumentParser:
     ft.add_argument("--tiles-per-epoch", type=int, help="override finetune.tiles_per_epoch")
     ft.add_argument("--lr-ratio", type=float, help="override finetune.lr_ratio")
     ft.add_argument("--holdout", type=float, help="override finetune.holdout")
+    ft.add_argument(
+        "--replay-tiles",
+        type=Path,
+        metavar="TILES_DIR",
+        help="the tile stage output the model was trained on (data/tiles: train.json, train/): "
+        "finetune.replay of each epoch's tiles are drawn from it, so the model keeps the cells "
+        "it knew (default: none, the corrections alone)",
+    )
+    ft.add_argument("--replay", type=float, help="override finetune.replay")
     ft.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     ft.set_defaults(run=_finetune)
 
@@ -206,6 +215,14 @@ def _parser() -> argparse.ArgumentParser:
         default=Path("params.yaml"),
         help="its finetune section is what the Correct tab's Fine-tune button uses "
         "(default: %(default)s)",
+    )
+    ap.add_argument(
+        "--replay-tiles",
+        type=Path,
+        default=Path("data/tiles"),
+        metavar="TILES_DIR",
+        help="the tile stage output the models were trained on, of which fine-tuning replays "
+        "finetune.replay of each epoch (default: %(default)s; absent: the corrections alone)",
     )
     ap.set_defaults(run=_app)
 
@@ -456,7 +473,7 @@ def finetune_settings(args):
     params = load_params(args.params)
     overrides = {
         key: value
-        for key in ("epochs", "tiles_per_epoch", "lr_ratio", "holdout")
+        for key in ("epochs", "tiles_per_epoch", "lr_ratio", "holdout", "replay")
         if (value := getattr(args, key)) is not None
     }
     cfg = parse_section(FinetuneConfig, asdict(params.finetune) | overrides, "finetune")
@@ -469,7 +486,15 @@ def _finetune(args) -> int:
 
     cfg, iou = finetune_settings(args)
     corrections = pair_corrections(expand(args.inputs), expand(args.labels))
-    report = finetune(corrections, args.model, args.out, cfg, iou_thresh=iou, device=args.device)
+    report = finetune(
+        corrections,
+        args.model,
+        args.out,
+        cfg,
+        iou_thresh=iou,
+        replay=args.replay_tiles,
+        device=args.device,
+    )
     write_json(args.out.with_suffix(".json"), report)
     b, a = report["before"], report["after"]
     print(f"{'held-out':<10} {'F1':>6} {'precision':>9} {'recall':>6}")
@@ -503,6 +528,7 @@ def _app(args) -> int:
         max_upload_mb=args.max_upload_mb,
         device=args.device,
         params=args.params,
+        replay_tiles=args.replay_tiles,
     )
     return 0
 

@@ -301,6 +301,7 @@ class FinetuneConfig:
     lr_ratio: float  # the learning rate: this times the model's own (custom.lr; model.lr)
     warmup_steps: int
     holdout: float  # share of corrected images held out for val F1 (one image: a band of it)
+    replay: float  # share of each epoch's tiles drawn from the model's own training tiles
 
     def __post_init__(self) -> None:
         _check(self.model in ("transfer", "custom"), "finetune.model", "transfer | custom")
@@ -309,6 +310,7 @@ class FinetuneConfig:
         _check(self.lr_ratio > 0, "finetune.lr_ratio", "a number > 0")
         _check(self.warmup_steps >= 0, "finetune.warmup_steps", "an integer >= 0")
         _check(0 < self.holdout < 1, "finetune.holdout", "a fraction in (0, 1)")
+        _check(0 <= self.replay < 1, "finetune.replay", "a fraction in [0, 1) (0: none)")
 
 
 @dataclass(frozen=True)

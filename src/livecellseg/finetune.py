@@ -11,6 +11,8 @@ learning rate. It reports the held-out F1 before and after.
 
 A round is `finetune.epochs` epochs of `finetune.tiles_per_epoch` tiles whatever the number
 of corrected images: fewer training tiles than an epoch are listed again (`repeat_tiles`).
+Given the tiles the model was trained on (the tile stage's output), `finetune.replay` of each
+epoch's tiles are drawn from them (`replay_tiles`), so the model keeps the cells it knew.
 
 Held out: `finetune.holdout` of the images (at least one) when there are two or more; a single
 image is split in space instead, its last row of tiles held out and the tiles overlapping
@@ -219,6 +221,7 @@ class Prepared:
     """Corrections read, checked and written as a tile stage output (train/, val/ + json)."""
 
     tiles: Path
+    train_doc: dict  # the training tiles' doc (tiles/train.json)
     train: list[str]  # image names trained on (a single image: its rows of tiles)
     val: list[str]
     cells: int
@@ -272,6 +275,50 @@ def repeat_tiles(doc: dict, at_least: int) -> tuple[dict, int]:
     return doc | {"images": images, "annotations": annotations}, k
 
 
+def replay_tiles(doc: dict, base: dict, count: int, *, seed: int) -> dict:
+    """`doc` with `count` tiles of `base` (the tile doc the model was trained on) added: a
+    seeded draw, each an entry of its own (ids after doc's, files under replay/). Training on
+    them beside the corrections keeps what the model knew of the other cells."""
+    count = min(count, len(base["images"]))
+    if count <= 0:
+        return doc
+    chosen = np.random.default_rng(seed).choice(len(base["images"]), count, replace=False)
+    picked = [base["images"][i] for i in sorted(chosen.tolist())]
+    by_tile: dict[int, list[dict]] = {t["id"]: [] for t in picked}
+    for a in base["annotations"]:
+        if a["image_id"] in by_tile:
+            by_tile[a["image_id"]].append(a)
+    image_id = max((t["id"] for t in doc["images"]), default=0)
+    ann_id = max((a["id"] for a in doc["annotations"]), default=0)
+    images, annotations = list(doc["images"]), list(doc["annotations"])
+    for t in picked:
+        image_id += 1
+        images.append(t | {"id": image_id, "file_name": f"replay/{t['file_name']}"})
+        for a in by_tile[t["id"]]:
+            ann_id += 1
+            annotations.append(a | {"id": ann_id, "image_id": image_id})
+    return doc | {"images": images, "annotations": annotations}
+
+
+def read_replay(tiles: Path) -> dict:
+    """The training tiles of a tile stage output (tiles/train.json, tiles/train/); DataError
+    naming what is missing otherwise."""
+    doc_path, image_dir = tiles / "train.json", tiles / "train"
+    if not doc_path.is_file() or not image_dir.is_dir():
+        raise DataError(
+            f"{tiles}: no train.json and train/ to replay; pass the tile stage's output the "
+            "model was trained on (data/tiles), or set finetune.replay to 0"
+        )
+    doc = json.loads(doc_path.read_text())
+    missing = [t["file_name"] for t in doc["images"] if not (image_dir / t["file_name"]).is_file()]
+    if missing:
+        raise DataError(
+            f"{image_dir}: {len(missing)} of the {len(doc['images'])} tiles {doc_path} lists are "
+            f"missing (first: {missing[0]}); rerun the tile stage (dvc repro tile)"
+        )
+    return doc
+
+
 def prepare(
     corrections: list[Correction], tile: TileConfig, work: Path, *, holdout: float, seed: int
 ) -> Prepared:
@@ -311,24 +358,22 @@ def prepare(
     if n == 1:  # split in space: the last row of tiles held out, rows overlapping it dropped
         all_tiles, _ = tile_split(doc, src, tiles / "all", desc="tile corrections", **kw)
         last = tile.grid - tile.window
-        cols = cover_starts(tile.grid, tile.window)
-        parts = {
-            "train": [t for t in all_tiles["images"] if t["row"] + tile.window <= last],
-            "val": [t for t in all_tiles["images"] if t["row"] == last and t["col"] in cols],
-        }
-        for split, entries in parts.items():
+
+        def rows(keep) -> dict:
+            entries = [t for t in all_tiles["images"] if keep(t["row"])]
             ids = {t["id"] for t in entries}
+            annotations = [a for a in all_tiles["annotations"] if a["image_id"] in ids]
+            return all_tiles | {"images": entries, "annotations": annotations}
+
+        split_docs = {
+            "train": rows(lambda r: r + tile.window <= last),
+            "val": covering_tiles(rows(lambda r: r == last), tile.grid, tile.window),
+        }
+        for split, split_doc in split_docs.items():
             (tiles / split).mkdir(parents=True)
-            for t in entries:
+            for t in split_doc["images"]:
                 os.link(tiles / "all" / t["file_name"], tiles / split / t["file_name"])
-            write_json(
-                tiles / f"{split}.json",
-                all_tiles
-                | {
-                    "images": entries,
-                    "annotations": [a for a in all_tiles["annotations"] if a["image_id"] in ids],
-                },
-            )
+            write_json(tiles / f"{split}.json", split_doc)
         name = corrections[0].name
         names = {
             "train": [f"{name} (tile rows 0-{last - tile.window})"],
@@ -337,7 +382,7 @@ def prepare(
     else:
         k = max(1, round(n * holdout))
         held = set(np.random.default_rng(seed).permutation(n)[:k].tolist())
-        names, parts = {}, {}
+        names, split_docs = {}, {}
         for split, ids in (
             ("train", [i for i in range(n) if i not in held]),
             ("val", sorted(held)),
@@ -351,14 +396,15 @@ def prepare(
             if split == "val":
                 split_doc = covering_tiles(split_doc, tile.grid, tile.window)
             write_json(tiles / f"{split}.json", split_doc)
-            names[split], parts[split] = [corrections[i].name for i in ids], split_doc["images"]
+            names[split], split_docs[split] = [corrections[i].name for i in ids], split_doc
     return Prepared(
         tiles,
+        split_docs["train"],
         names["train"],
         names["val"],
         len(doc["annotations"]),
-        len(parts["train"]),
-        len(parts["val"]),
+        len(split_docs["train"]["images"]),
+        len(split_docs["val"]["images"]),
         fragments,
     )
 
@@ -430,6 +476,14 @@ def norm_statistics_frozen(model: torch.nn.Module) -> Iterator[int]:
             del m.train
 
 
+def link_or_copy(src: Path, dst: Path) -> None:
+    """A hard link where the file system allows one, a copy otherwise."""
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copyfile(src, dst)
+
+
 def _md5(path: Path) -> str:
     h = hashlib.md5()
     with open(path, "rb") as f:
@@ -445,15 +499,21 @@ def finetune(
     cfg: FinetuneConfig,
     *,
     iou_thresh: float,
+    replay: Path | None = None,
     live_dir: Path | None = None,
     device: str = "auto",
     workers: int = 0,
 ) -> dict:
     """Fine-tune `checkpoint` on `corrections`; write the best epoch (held-out F1) to `out`.
     Validation counts a match at mask IoU `iou_thresh` (params.yaml's evaluate.iou_thresh).
+    `replay`: the tile stage output the checkpoint was trained on; `cfg.replay` of each
+    epoch's tiles are drawn from its training tiles (none without it).
     Returns the report: held-out F1 before and after, the split, the budget and the time.
     Every input is checked before anything is written; `out` is written once, at the end."""
     started = time.perf_counter()
+    base = read_replay(replay) if replay is not None and cfg.replay > 0 else None
+    if base is None and cfg.replay > 0:
+        log.info("no tiles to replay given: training on the corrections alone")
     try:
         model, ckpt, _ = load_model(checkpoint, torch.device("cpu"))
     except LivecellsegError as e:
@@ -481,20 +541,44 @@ def finetune(
             prep.val_tiles,
             ", ".join(prep.val),
         )
-        repeated, copies = repeat_tiles(
-            json.loads((prep.tiles / "train.json").read_text()), cfg.tiles_per_epoch
-        )
+        per_epoch = cfg.tiles_per_epoch or prep.train_tiles
+        own_share = 1.0 if base is None else 1.0 - cfg.replay
+        repeated, copies = repeat_tiles(prep.train_doc, math.ceil(per_epoch * own_share))
         if copies > 1:
-            write_json(prep.tiles / "train_repeated.json", repeated)
             log.info(
                 "%d training tiles, each listed %d times (its own flips and rotations) to fill "
                 "an epoch of %d tiles",
                 prep.train_tiles,
                 copies,
-                cfg.tiles_per_epoch,
+                math.ceil(per_epoch * own_share),
             )
+        replayed = 0
+        if base is not None:  # replay: the epoch's draw takes cfg.replay of its tiles from them
+            replayed = round(len(repeated["images"]) * cfg.replay / (1 - cfg.replay))
+            repeated = replay_tiles(repeated, base, replayed, seed=fit_cfg.seed)
+            replayed = len(repeated["images"]) - prep.train_tiles * copies
+            (prep.tiles / "train" / "replay").mkdir()
+            for t in repeated["images"][prep.train_tiles * copies :]:
+                base_file = replay / "train" / t["file_name"].removeprefix("replay/")
+                link_or_copy(base_file, prep.tiles / "train" / t["file_name"])
+            # what the fine-tuned model saw, for its novelty check: corrections and replay
+            write_json(
+                prep.tiles / "train.json",
+                replay_tiles(prep.train_doc, base, replayed, seed=fit_cfg.seed),
+            )
+            log.info(
+                "replay: %d of the %d tiles the model was trained on (%s) listed beside the "
+                "corrections, %.0f%% of each epoch",
+                replayed,
+                len(base["images"]),
+                replay,
+                100 * cfg.replay,
+            )
+        write_json(prep.tiles / "train_epochs.json", repeated)
+        listed = len(repeated["images"])
+        epoch_tiles = min(cfg.tiles_per_epoch, listed) if cfg.tiles_per_epoch else listed
         train_set = TileDataset(
-            prep.tiles / ("train_repeated.json" if copies > 1 else "train.json"),
+            prep.tiles / "train_epochs.json",
             prep.tiles / "train",
             augmentation=fit_cfg.augmentation,
             seed=fit_cfg.seed,
@@ -550,11 +634,11 @@ def finetune(
         "train": prep.train,
         "val": prep.val,
         "train_tiles": prep.train_tiles,
+        "replay_tiles": replayed,
         "val_tiles": prep.val_tiles,
         "epochs": cfg.epochs,
         "best_epoch": best["best_epoch"],
-        "steps": cfg.epochs
-        * math.ceil((cfg.tiles_per_epoch or prep.train_tiles) / fit_cfg.batch_size),
+        "steps": cfg.epochs * math.ceil(epoch_tiles / fit_cfg.batch_size),
         "lr": fit_cfg.phases[0].lr,
         "before": {k: before[k] for k in ("f1", "precision", "recall", "miou")},
         "after": {k: after[k] for k in ("f1", "precision", "recall", "miou")},
